@@ -1,0 +1,25 @@
+//! # md — Linux md software RAID, in userspace
+//!
+//! ## Responsibility boundary
+//! `md` owns everything that is md's own: the v1.x superblock (byte-compatible
+//! with mdadm and the kernel), assembly of members into an array by md's
+//! rules, and the personalities (raid0/1/4/5/6/10 with md's layouts) that map
+//! array bytes onto members and rebuild missing data from redundancy. Member
+//! bytes are reached only through `blockio`; the export layers above reach the
+//! array only through [`Array`].
+//!
+//! ## Synchronization model
+//! An assembled [`Array`] is immutable (read-only arrays) and `Sync`: reads
+//! from many threads proceed in parallel with no lock. There is no lock in
+//! this crate yet, hence no lock order.
+
+pub mod array;
+pub mod assemble;
+pub mod examine;
+pub mod personality;
+pub mod superblock;
+
+
+
+pub use personality::{Geometry, Level, Location, MemberRead, Personality};
+

@@ -1,0 +1,211 @@
+//! md personalities: how an array's bytes are laid out on its members.
+//!
+//! ## Responsibility boundary
+//! A personality maps array byte offsets to (member slot, byte offset inside
+//! that member's *data area*) and reads array ranges, rebuilding the bytes of
+//! missing members from mirrors or parity where the level allows it. It never
+//! sees files, superblocks or `data_offset`: members are reached through
+//! [`MemberRead`], whose offsets start at the member's data area.
+//!
+//! ## Synchronization model
+//! A personality is immutable after construction (`Send + Sync`); reads from
+//! many threads run concurrently with no lock.
+
+use std::fmt;
+use std::io;
+
+pub mod gf;
+pub mod raid0;
+pub mod raid1;
+pub mod raid10;
+pub mod raid5;
+
+/// The RAID level, with md's numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Level {
+    /// `-1`, concatenation (not supported for reading yet).
+    Linear,
+    /// `0`, striping.
+    Raid0,
+    /// `1`, mirroring.
+    Raid1,
+    /// `4`, dedicated parity disk.
+    Raid4,
+    /// `5`, rotating parity.
+    Raid5,
+    /// `6`, P and Q syndromes.
+    Raid6,
+    /// `10`, striped mirrors (near, far, offset).
+    Raid10,
+}
+
+impl Level {
+    /// From md's on-disk level number.
+    pub fn from_md(level: i32) -> Option<Level> {
+        Some(match level {
+            -1 => Level::Linear,
+            0 => Level::Raid0,
+            1 => Level::Raid1,
+            4 => Level::Raid4,
+            5 => Level::Raid5,
+            6 => Level::Raid6,
+            10 => Level::Raid10,
+            _ => return None,
+        })
+    }
+
+    /// md's on-disk level number.
+    pub fn to_md(self) -> i32 {
+        match self {
+            Level::Linear => -1,
+            Level::Raid0 => 0,
+            Level::Raid1 => 1,
+            Level::Raid4 => 4,
+            Level::Raid5 => 5,
+            Level::Raid6 => 6,
+            Level::Raid10 => 10,
+        }
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Level::Linear => "linear",
+            Level::Raid0 => "raid0",
+            Level::Raid1 => "raid1",
+            Level::Raid4 => "raid4",
+            Level::Raid5 => "raid5",
+            Level::Raid6 => "raid6",
+            Level::Raid10 => "raid10",
+        })
+    }
+}
+
+/// Everything a personality needs to know about an array's shape, taken from
+/// the authoritative superblock (and, for raid0, from every member's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// RAID level.
+    pub level: Level,
+    /// md's raw `layout` number (raid5/6 algorithm, raid10 near/far/offset
+    /// encoding, raid0 multi-zone layout).
+    pub layout: u32,
+    /// Whether the superblock's `RAID0_LAYOUT` feature bit is set (raid0 only:
+    /// without it `layout` carries no meaning).
+    pub raid0_layout_set: bool,
+    /// Chunk size in 512-byte sectors (0 for raid1).
+    pub chunk_sectors: u32,
+    /// Number of slots (`raid_disks`).
+    pub raid_disks: u32,
+    /// Per-member component size in sectors that the array uses (`size` in
+    /// the superblock). raid0 ignores it and uses `member_sectors`.
+    pub dev_sectors: u64,
+    /// For every slot, the size of that member's data area in sectors
+    /// (`data_size` of its superblock); raid0 builds its zones from these.
+    /// Other levels may ignore it.
+    pub member_sectors: Vec<u64>,
+}
+
+/// One place an array byte is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Location {
+    /// Member slot (`raid_disk`, 0-based).
+    pub slot: usize,
+    /// Byte offset inside that member's data area.
+    pub offset: u64,
+}
+
+/// Why a geometry cannot be turned into a personality.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GeometryError(pub String);
+
+impl fmt::Display for GeometryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for GeometryError {}
+
+/// How a personality reaches member data.
+///
+/// Offsets are bytes from the start of the member's data area (the member's
+/// `data_offset` is applied by the implementor). Implementations must allow
+/// concurrent calls from many threads.
+pub trait MemberRead: Sync {
+    /// Whether the member in `slot` is present. Reads of an absent member are
+    /// a bug in the personality.
+    fn is_present(&self, slot: usize) -> bool;
+
+    /// Reads exactly `buf.len()` bytes at `offset` of `slot`'s data area.
+    fn read_at(&self, slot: usize, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+}
+
+/// An md personality's read path.
+pub trait Personality: Send + Sync + fmt::Debug {
+    /// The geometry it was built from.
+    fn geometry(&self) -> &Geometry;
+
+    /// Size of the array in bytes.
+    fn array_bytes(&self) -> u64;
+
+    /// Whether the array's every byte can be read with only the slots whose
+    /// `present[slot]` is true (`present.len() == raid_disks`).
+    fn readable_with(&self, present: &[bool]) -> bool;
+
+    /// Reads `buf.len()` bytes at array byte `offset`, rebuilding data of
+    /// absent members from redundancy. The range must lie inside the array
+    /// (`offset + buf.len() <= array_bytes()`), else `InvalidInput`.
+    /// Missing members beyond what the level tolerates give an error,
+    /// never zeros.
+    fn read(&self, members: &dyn MemberRead, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+
+    /// Every place where the data byte at array `offset` is stored (one for
+    /// striped levels, each copy for mirrors), in slot order. Parity is not
+    /// listed. Used by tests and tools; not on the I/O path.
+    fn locate(&self, offset: u64) -> Vec<Location>;
+
+    /// A good size (bytes) for large sequential reads: a multiple of the
+    /// stripe width, so a reader that aligns to it touches every member
+    /// with whole chunks.
+    fn io_hint(&self) -> u64;
+}
+
+/// Builds the personality for `geom`, or says why the geometry is invalid or
+/// unsupported (naming the level, layout or number at fault).
+pub fn build(geom: &Geometry) -> Result<Box<dyn Personality>, GeometryError> {
+    if geom.raid_disks == 0 {
+        return Err(GeometryError("raid_disks is 0".into()));
+    }
+    if geom.member_sectors.len() != geom.raid_disks as usize {
+        return Err(GeometryError(format!(
+            "member size list has {} entries for {} raid disks",
+            geom.member_sectors.len(),
+            geom.raid_disks
+        )));
+    }
+    match geom.level {
+        Level::Linear => Err(GeometryError("level linear is not supported".into())),
+        Level::Raid0 => Ok(Box::new(raid0::Raid0::new(geom.clone())?)),
+        Level::Raid1 => Ok(Box::new(raid1::Raid1::new(geom.clone())?)),
+        Level::Raid10 => Ok(Box::new(raid10::Raid10::new(geom.clone())?)),
+        Level::Raid4 | Level::Raid5 | Level::Raid6 => Ok(Box::new(raid5::Raid5::new(geom.clone())?)),
+    }
+}
+
+/// Checks that `offset..offset+len` lies within `array_bytes`.
+pub(crate) fn check_range(offset: u64, len: usize, array_bytes: u64) -> io::Result<()> {
+    match offset.checked_add(len as u64) {
+        Some(end) if end <= array_bytes => Ok(()),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("read of {len} bytes at {offset} reaches past the end of the array ({array_bytes} bytes)"),
+        )),
+    }
+}
+
+/// The error for data that no present member can supply.
+pub(crate) fn unrecoverable(what: &str) -> io::Error {
+    io::Error::other(format!("data unavailable: {what}"))
+}
