@@ -12,14 +12,23 @@
 //! An assembled [`Array`] is immutable (read-only arrays) and `Sync`: reads
 //! from many threads proceed in parallel with no lock. There is no lock in
 //! this crate yet, hence no lock order.
+//!
+//! ## Modules
+//! * [`superblock`]: `struct mdp_superblock_1`: locate, validate, decode, encode.
+//! * [`examine`]: the superblock in `mdadm --examine`'s words.
+//! * [`assemble`]: md's assembly rules (freshest events, stale/faulty members,
+//!   slots, refusal of unsupported features).
+//! * [`personality`]: the layouts of every level and degraded reads.
+//! * [`array`]: the assembled array.
 
 pub mod array;
 pub mod assemble;
 pub mod examine;
 pub mod personality;
 pub mod superblock;
+pub mod synth;
 
-
-
+pub use array::Array;
+pub use assemble::{assemble, AssembleError, AssembleOptions, Assembly};
 pub use personality::{Geometry, Level, Location, MemberRead, Personality};
-
+pub use superblock::{Superblock, SuperblockError};

@@ -1,1 +1,163 @@
-fn main() {}
+//! # umd — Linux md software RAID in userspace: the command line
+//!
+//! ## Responsibility boundary
+//! The binary owns the user's view: mdadm-style commands, their options,
+//! messages, exit codes and progress output. It assembles arrays through the
+//! `md` crate and serves them through `export`; it holds no RAID logic of its
+//! own.
+//!
+//! Commands: `examine`, `extract`, `assemble`, `stop`, `bench`, `demo`.
+//! Every error is one line on stderr, `umd: MEMBER: reason`, and a non-zero
+//! exit status.
+
+mod bench;
+mod demo;
+mod examine;
+mod extract;
+mod mount;
+mod progress;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Linux md software RAID, in userspace.
+#[derive(Parser, Debug)]
+#[command(name = "umd", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print each member's md superblock, as `mdadm --examine` does.
+    #[command(alias = "E")]
+    Examine {
+        /// One JSON object per member (one per line) instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Member devices or image files.
+        #[arg(required = true)]
+        members: Vec<PathBuf>,
+    },
+    /// Assemble the array (read-only) and write its whole content to a file.
+    Extract {
+        /// Where to write: a file, or `-` for standard output.
+        #[arg(short, long, default_value = "-")]
+        output: PathBuf,
+        /// Start a dirty and degraded parity array anyway.
+        #[arg(long)]
+        force: bool,
+        /// Reader threads.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Member devices or image files.
+        #[arg(required = true)]
+        members: Vec<PathBuf>,
+    },
+    /// Assemble an array and serve it through a FUSE mount as DIR/data.
+    #[command(alias = "A")]
+    Assemble {
+        /// Assemble read-only (required for now: writes come in a later version).
+        #[arg(long, short = 'o')]
+        readonly: bool,
+        /// Directory to mount the array on.
+        #[arg(long, value_name = "DIR")]
+        mount: PathBuf,
+        /// Detach once the mount is ready.
+        #[arg(long)]
+        daemon: bool,
+        /// FUSE worker threads.
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+        /// Start a dirty and degraded parity array anyway.
+        #[arg(long)]
+        force: bool,
+        /// Let users other than the mounting one read the mount.
+        #[arg(long)]
+        allow_other: bool,
+        /// Member devices or image files.
+        #[arg(required = true)]
+        members: Vec<PathBuf>,
+    },
+    /// Stop the array served at DIR: unmount it and end its process.
+    #[command(alias = "S")]
+    Stop {
+        /// Mount directory given to `umd assemble --mount`.
+        dir: PathBuf,
+    },
+    /// Run a benchmark against its baseline, side by side.
+    Bench {
+        /// Which benchmark: extract.
+        name: String,
+        /// One JSON object per figure per line.
+        #[arg(long)]
+        json: bool,
+        /// Shorter run (smaller data).
+        #[arg(long)]
+        quick: bool,
+        /// Longer run (more repetitions).
+        #[arg(long)]
+        full: bool,
+        /// Scratch directory (must be on tmpfs for the extract figure);
+        /// default /dev/shm.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Show umd's main job on a built-in example: build a 4-member raid5 of
+    /// image files in a scratch directory, examine, extract and mount it,
+    /// read it degraded, check every byte, and clean up.
+    Demo {
+        /// Scratch directory (default: a new one under the system temp dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Keep the image files afterwards.
+        #[arg(long)]
+        keep: bool,
+        /// Size of each member image in MiB.
+        #[arg(long, default_value_t = 64)]
+        member_mib: u64,
+    },
+}
+
+/// An error for the user: printed as one `umd: …` line.
+#[derive(Debug)]
+pub struct CliError(pub String);
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<E: std::error::Error> From<E> for CliError {
+    fn from(e: E) -> Self {
+        CliError(e.to_string())
+    }
+}
+
+/// Result of a command.
+pub type CmdResult = Result<(), CliError>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Command::Examine { json, members } => examine::run(&members, json),
+        Command::Extract { output, force, threads, members } => extract::run(&members, &output, force, threads),
+        Command::Assemble { readonly, mount, daemon, threads, force, allow_other, members } => {
+            mount::assemble(&members, mount::Options { readonly, dir: mount, daemon, threads, force, allow_other })
+        }
+        Command::Stop { dir } => mount::stop(&dir),
+        Command::Bench { name, json, quick, full, dir } => bench::run(&name, json, quick, full, dir),
+        Command::Demo { dir, keep, member_mib } => demo::run(dir, keep, member_mib),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("umd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -170,6 +170,27 @@ pub trait Personality: Send + Sync + fmt::Debug {
     /// stripe width, so a reader that aligns to it touches every member
     /// with whole chunks.
     fn io_hint(&self) -> u64;
+
+    /// For parity levels (raid4/5/6): how the stripe row holding member byte
+    /// `member_offset` computes its syndromes. `None` for levels without
+    /// parity. Used by tools that lay out whole arrays; not on the I/O path.
+    fn syndrome_layout(&self, member_offset: u64) -> Option<SyndromeLayout> {
+        let _ = member_offset;
+        None
+    }
+}
+
+/// Where a stripe row's data, P and Q live, in md's syndrome order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyndromeLayout {
+    /// Syndrome position `z` (Q coefficient g^z) → the slot whose data block
+    /// sits there, or `None` for a zero block (DDF layouts count the P and
+    /// Q disks as zero positions). For raid4/5 the order is the data order.
+    pub data: Vec<Option<usize>>,
+    /// Slot holding P.
+    pub p: usize,
+    /// Slot holding Q (raid6 only).
+    pub q: Option<usize>,
 }
 
 /// Builds the personality for `geom`, or says why the geometry is invalid or

@@ -1,0 +1,307 @@
+//! `umd assemble --readonly --mount DIR` and `umd stop DIR`.
+//!
+//! The serving process records its PID in `/run/umd/<escaped DIR>.pid`;
+//! `umd stop DIR` sends it SIGTERM and waits until the mount is gone. The
+//! process itself blocks SIGINT/SIGTERM in every thread and takes them in a
+//! dedicated thread (`sigwait`), which unmounts; the main thread then joins
+//! the FUSE workers and removes the PID file. The mount is released on every
+//! exit path.
+
+use std::io::{self, Read, Write};
+use std::os::unix::io::FromRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use md::{assemble as md_assemble, AssembleOptions, Array};
+
+use crate::{CliError, CmdResult};
+
+/// Options of `umd assemble`.
+pub struct Options {
+    /// Read-only (required for now).
+    pub readonly: bool,
+    /// Mount directory.
+    pub dir: PathBuf,
+    /// Detach when ready.
+    pub daemon: bool,
+    /// FUSE worker threads.
+    pub threads: usize,
+    /// Start dirty+degraded parity arrays.
+    pub force: bool,
+    /// allow_other mount option.
+    pub allow_other: bool,
+}
+
+/// The array as the FUSE layer sees it.
+pub struct ArrayAdapter(pub Array);
+
+impl export::ArrayFile for ArrayAdapter {
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.0.read_at(offset, buf)
+    }
+}
+
+const RUN_DIR: &str = "/run/umd";
+
+/// The PID file recording which process serves `dir`.
+fn pid_file(dir: &Path) -> PathBuf {
+    let s = dir.to_string_lossy();
+    let mut name = String::with_capacity(s.len() + 4);
+    for c in s.chars() {
+        match c {
+            '/' => name.push('_'),
+            '_' => name.push_str("__"),
+            c if c.is_ascii_alphanumeric() || c == '-' || c == '.' => name.push(c),
+            c => name.push_str(&format!("%{:x}", c as u32)),
+        }
+    }
+    Path::new(RUN_DIR).join(format!("{name}.pid"))
+}
+
+/// An absolute form of `dir` that does not touch the mount itself (a dead
+/// FUSE mount fails `stat` with ENOTCONN).
+fn absolute(dir: &Path) -> PathBuf {
+    match (dir.parent(), dir.file_name()) {
+        (Some(parent), Some(name)) if !parent.as_os_str().is_empty() => {
+            std::fs::canonicalize(parent).map(|p| p.join(name)).unwrap_or_else(|_| dir.to_path_buf())
+        }
+        (_, Some(name)) => std::env::current_dir().map(|c| c.join(name)).unwrap_or_else(|_| dir.to_path_buf()),
+        _ => std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()),
+    }
+}
+
+/// Whether `dir` is a mount point in /proc/mounts (escaped as the kernel does).
+pub fn is_mounted(dir: &Path) -> bool {
+    let want = escape_mount_path(&dir.to_string_lossy());
+    std::fs::read_to_string("/proc/mounts")
+        .map(|m| m.lines().any(|l| l.split(' ').nth(1) == Some(want.as_str())))
+        .unwrap_or(false)
+}
+
+fn escape_mount_path(p: &str) -> String {
+    let mut s = String::new();
+    for c in p.chars() {
+        match c {
+            ' ' => s.push_str("\\040"),
+            '\t' => s.push_str("\\011"),
+            '\n' => s.push_str("\\012"),
+            '\\' => s.push_str("\\134"),
+            c => s.push(c),
+        }
+    }
+    s
+}
+
+/// Runs `umd assemble`.
+pub fn assemble(members: &[PathBuf], o: Options) -> CmdResult {
+    if !o.readonly {
+        return Err(CliError(
+            "read-write assembly is not available yet: use --readonly (writes arrive with `umd create` and the write path)"
+                .into(),
+        ));
+    }
+    let dir = absolute(&o.dir);
+    let meta = std::fs::metadata(&dir).map_err(|e| CliError(format!("{}: {e}", dir.display())))?;
+    if !meta.is_dir() {
+        return Err(CliError(format!("{}: not a directory", dir.display())));
+    }
+    if is_mounted(&dir) {
+        return Err(CliError(format!("{}: something is already mounted here", dir.display())));
+    }
+    // Assemble before detaching, so errors reach the user's terminal.
+    let asm = md_assemble(members, &AssembleOptions { force: o.force })?;
+    for n in &asm.notes {
+        eprintln!("umd: {n}");
+    }
+    let ready_fd = if o.daemon { Some(daemonize()?) } else { None };
+    serve(asm.array, asm.degraded, &dir, &o, ready_fd)
+}
+
+/// Forks: the parent waits for the child's "ready" line on a pipe, prints
+/// it and exits; the child returns the pipe's write end. Runs before any
+/// thread exists.
+fn daemonize() -> Result<i32, CliError> {
+    let mut fds = [0i32; 2];
+    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(CliError(format!("pipe: {}", io::Error::last_os_error())));
+    }
+    // SAFETY: the process is single-threaded here (no thread has been
+    // spawned yet), so the child may continue running Rust code.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(CliError(format!("fork: {}", io::Error::last_os_error())));
+    }
+    if pid > 0 {
+        // Parent.
+        // SAFETY: fds[1] is our open write end, closed exactly once here.
+        unsafe { libc::close(fds[1]) };
+        // SAFETY: fds[0] is an open descriptor that this File now owns.
+        let mut r = unsafe { std::fs::File::from_raw_fd(fds[0]) };
+        let mut msg = String::new();
+        let _ = r.read_to_string(&mut msg);
+        if let Some(line) = msg.strip_prefix("ok ") {
+            println!("{}", line.trim_end());
+            std::process::exit(0);
+        }
+        let err = msg.strip_prefix("err ").unwrap_or("the daemon exited before the mount was ready");
+        eprintln!("umd: {}", err.trim_end());
+        std::process::exit(1);
+    }
+    // Child.
+    // SAFETY: fds[0] is the read end, unused in the child.
+    unsafe { libc::close(fds[0]) };
+    // SAFETY: setsid has no memory-safety preconditions.
+    unsafe { libc::setsid() };
+    redirect_stdio();
+    Ok(fds[1])
+}
+
+/// Points stdin/stdout at /dev/null in the daemon (stderr stays, for
+/// late errors).
+fn redirect_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: dup2 onto the standard descriptors with a valid source fd.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), 0);
+            libc::dup2(null.as_raw_fd(), 1);
+        }
+    }
+}
+
+fn write_ready(fd: Option<i32>, msg: &str) {
+    if let Some(fd) = fd {
+        // SAFETY: `fd` is the pipe's write end, owned by us; the File closes it.
+        let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+        let _ = f.write_all(msg.as_bytes());
+    }
+}
+
+/// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread (and so in
+/// every thread it spawns afterwards).
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; the sig* calls initialise and fill it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn serve(array: Array, degraded: bool, dir: &Path, o: &Options, ready_fd: Option<i32>) -> CmdResult {
+    let sigset = block_signals();
+    let size = array.size();
+    let level = array.personality.geometry().level;
+    let name = array.sb.name();
+    let uuid = md::superblock::format_uuid(&array.sb.set_uuid);
+    let opts = export::MountOptions {
+        threads: o.threads.clamp(1, 64),
+        read_only: true,
+        fsname: format!("umd:{name}"),
+        allow_other: o.allow_other,
+    };
+    let mount = match export::mount(dir, Arc::new(ArrayAdapter(array)), opts) {
+        Ok(m) => m,
+        Err(e) => {
+            let msg = format!("{}: mount failed: {e}", dir.display());
+            write_ready(ready_fd, &format!("err {msg}\n"));
+            return Err(CliError(msg));
+        }
+    };
+    let pidf = pid_file(dir);
+    let _ = std::fs::create_dir_all(RUN_DIR);
+    if let Err(e) = std::fs::write(&pidf, format!("{}\n", std::process::id())) {
+        eprintln!("umd: warning: cannot record PID in {}: {e} (`umd stop` will unmount directly)", pidf.display());
+    }
+    let unmounter = mount.unmounter();
+    std::thread::Builder::new()
+        .name("umd-signals".into())
+        .spawn(move || loop {
+            let mut sig: libc::c_int = 0;
+            // SAFETY: `sigset` is an initialised set; `sig` is a valid out pointer.
+            let rc = unsafe { libc::sigwait(&sigset, &mut sig) };
+            if rc == 0 {
+                unmounter.unmount();
+                return;
+            }
+        })
+        .map_err(|e| CliError(format!("signal thread: {e}")))?;
+    let ready = format!(
+        "umd: {level} array {name} ({uuid}) of {} bytes{} mounted read-only at {} (file {})",
+        size,
+        if degraded { ", DEGRADED" } else { "" },
+        dir.display(),
+        dir.join("data").display()
+    );
+    if ready_fd.is_some() {
+        write_ready(ready_fd, &format!("ok {ready}\n"));
+    } else {
+        println!("{ready}");
+        let _ = io::stdout().flush();
+    }
+    let r = mount.wait();
+    let _ = std::fs::remove_file(&pidf);
+    r.map_err(|e| CliError(format!("{}: {e}", dir.display())))
+}
+
+/// Runs `umd stop DIR`.
+pub fn stop(dir: &Path) -> CmdResult {
+    let dir = absolute(dir);
+    let pidf = pid_file(&dir);
+    let pid = std::fs::read_to_string(&pidf).ok().and_then(|s| s.trim().parse::<i32>().ok());
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    let alive = |p: i32| unsafe { libc::kill(p, 0) } == 0;
+    match pid {
+        Some(p) if p > 0 && alive(p) => {
+            // SAFETY: sending SIGTERM to a process we recorded as ours.
+            unsafe { libc::kill(p, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while (alive(p) || is_mounted(&dir)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if alive(p) {
+                return Err(CliError(format!("{}: process {p} did not stop within 20 s", dir.display())));
+            }
+            let _ = std::fs::remove_file(&pidf);
+            eprintln!("umd: stopped the array at {}", dir.display());
+            Ok(())
+        }
+        _ => {
+            let _ = std::fs::remove_file(&pidf);
+            if is_mounted(&dir) && is_umd_mount(&dir) {
+                let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+                    .map_err(|_| CliError(format!("{}: path contains NUL", dir.display())))?;
+                // SAFETY: `c` is a valid NUL-terminated path.
+                if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+                    return Err(CliError(format!("{}: unmount failed: {}", dir.display(), io::Error::last_os_error())));
+                }
+                eprintln!("umd: unmounted {} (its process was gone)", dir.display());
+                Ok(())
+            } else {
+                Err(CliError(format!("{}: no umd array is mounted here", dir.display())))
+            }
+        }
+    }
+}
+
+fn is_umd_mount(dir: &Path) -> bool {
+    let want = escape_mount_path(&dir.to_string_lossy());
+    std::fs::read_to_string("/proc/mounts")
+        .map(|m| {
+            m.lines().any(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                f.len() > 2 && f[1] == want && f[2].starts_with("fuse") && f[0].starts_with("umd")
+            })
+        })
+        .unwrap_or(false)
+}
