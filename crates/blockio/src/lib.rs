@@ -133,10 +133,7 @@ impl Member {
     pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let end = offset.checked_add(buf.len() as u64);
         if end.is_none_or(|e| e > self.size) {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "read past the end of the member",
-            ));
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of the member"));
         }
         self.file.read_exact_at(buf, offset)
     }
@@ -149,10 +146,7 @@ impl Member {
         }
         let end = offset.checked_add(buf.len() as u64);
         if end.is_none_or(|e| e > self.size) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "write past the end of the member",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "write past the end of the member"));
         }
         self.file.write_all_at(buf, offset)
     }

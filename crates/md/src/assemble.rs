@@ -102,7 +102,8 @@ pub fn assemble(paths: &[PathBuf], opts: &AssembleOptions) -> Result<Assembly, A
     }
     let mut cands = Vec::with_capacity(paths.len());
     for p in paths {
-        let dev = Member::open(p, Access::ReadOnly).map_err(|e| member_err(p, strip_path(&e.to_string(), p)))?;
+        let dev =
+            Member::open(p, Access::ReadOnly).map_err(|e| member_err(p, strip_path(&e.to_string(), p)))?;
         let found = superblock::load(&dev, None, true).map_err(|e| member_err(p, e.to_string()))?;
         check_features(p, &found)?;
         cands.push(Candidate { path: p.clone(), dev: Arc::new(dev), found });
@@ -110,7 +111,8 @@ pub fn assemble(paths: &[PathBuf], opts: &AssembleOptions) -> Result<Assembly, A
     // The same device (by device UUID) given twice through copies.
     for (i, a) in cands.iter().enumerate() {
         for b in &cands[..i] {
-            if a.found.sb.device_uuid == b.found.sb.device_uuid && a.found.sb.set_uuid == b.found.sb.set_uuid {
+            if a.found.sb.device_uuid == b.found.sb.device_uuid && a.found.sb.set_uuid == b.found.sb.set_uuid
+            {
                 return Err(member_err(
                     &a.path,
                     format!(
@@ -146,10 +148,13 @@ pub fn assemble(paths: &[PathBuf], opts: &AssembleOptions) -> Result<Assembly, A
         }
     }
     // The freshest superblock is authoritative.
-    let fresh_idx = cands
-        .iter()
-        .enumerate()
-        .fold(0, |best, (i, c)| if c.found.sb.events > cands[best].found.sb.events { i } else { best });
+    let fresh_idx = cands.iter().enumerate().fold(0, |best, (i, c)| {
+        if c.found.sb.events > cands[best].found.sb.events {
+            i
+        } else {
+            best
+        }
+    });
     let fresh = cands[fresh_idx].found.sb.clone();
     let fresh_path = cands[fresh_idx].path.clone();
     let level = Level::from_md(fresh.level)
@@ -214,7 +219,10 @@ pub fn assemble(paths: &[PathBuf], opts: &AssembleOptions) -> Result<Assembly, A
         if level != Level::Raid0 && sb.size > sb.data_size {
             return Err(member_err(
                 &c.path,
-                format!("component size {} sectors exceeds the data area of {} sectors", sb.size, sb.data_size),
+                format!(
+                    "component size {} sectors exceeds the data area of {} sectors",
+                    sb.size, sb.data_size
+                ),
             ));
         }
         if sb.has_feature(feature::RECOVERY_OFFSET) && sb.recovery_offset < fresh.size {
@@ -256,9 +264,8 @@ pub fn assemble(paths: &[PathBuf], opts: &AssembleOptions) -> Result<Assembly, A
         dev_sectors: fresh.size,
         member_sectors,
     };
-    let pers = personality::build(&geom).map_err(|e| {
-        array_err(format!("array {} ({}): {e}", format_uuid(&fresh.set_uuid), fresh.name()))
-    })?;
+    let pers = personality::build(&geom)
+        .map_err(|e| array_err(format!("array {} ({}): {e}", format_uuid(&fresh.set_uuid), fresh.name())))?;
     let present: Vec<bool> = slots.iter().map(Option::is_some).collect();
     let missing: Vec<usize> = (0..raid_disks).filter(|&s| !present[s]).collect();
     let have = raid_disks - missing.len();

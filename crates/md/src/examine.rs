@@ -185,7 +185,8 @@ pub fn format_time(md_time: u64) -> String {
         return format!("@{secs}");
     }
     const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const MONTHS: [&str; 12] =
+        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
     format!(
         "{} {} {:>2} {:02}:{:02}:{:02} {}",
         DAYS.get(tm.tm_wday as usize).copied().unwrap_or("???"),
@@ -216,7 +217,8 @@ pub fn hostname() -> Option<String> {
 fn unused_space(f: &Found) -> (u64, u64) {
     let sb = &f.sb;
     let super_offset = sb.super_offset;
-    let bitmap_offset: i64 = if sb.has_feature(feature::BITMAP_OFFSET) { i64::from(sb.bitmap_offset) } else { 0 };
+    let bitmap_offset: i64 =
+        if sb.has_feature(feature::BITMAP_OFFSET) { i64::from(sb.bitmap_offset) } else { 0 };
     let any_ppl = sb.feature_map & (feature::PPL | feature::MULTIPLE_PPLS) != 0;
     let (ppl_offset, ppl_size): (i64, i64) = if !sb.has_feature(feature::BITMAP_OFFSET) && any_ppl {
         let p = sb.ppl();
@@ -297,7 +299,10 @@ pub fn report(f: &Found, homehost: Option<&str>) -> Report {
     }
     let has = |bit: u32| feature_map & bit != 0;
     field("          Magic", format!("{:08x}", sb.magic));
-    field("        Version", crate::superblock::Minor::from_super_offset(sb.super_offset).as_str().to_string());
+    field(
+        "        Version",
+        crate::superblock::Minor::from_super_offset(sb.super_offset).as_str().to_string(),
+    );
     field("    Feature Map", format!("{feature_map:#x}"));
     field("     Array UUID", format_uuid(&sb.set_uuid));
     let name = sb.name();
@@ -363,7 +368,10 @@ pub fn report(f: &Found, homehost: Option<&str>) -> Report {
         field("Internal Bitmap", format!("{} sectors from superblock", sb.bitmap_offset));
     } else if feature_map & (feature::PPL | feature::MULTIPLE_PPLS) != 0 {
         let p = sb.ppl();
-        field("            PPL", format!("{} sectors at offset {} sectors from superblock", p.size, p.offset));
+        field(
+            "            PPL",
+            format!("{} sectors at offset {} sectors from superblock", p.size, p.offset),
+        );
     }
     let mut delta_extra: u32 = 0;
     if has(feature::RESHAPE_ACTIVE) {

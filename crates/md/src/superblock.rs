@@ -571,11 +571,7 @@ impl Superblock {
 
     /// md's names of the features set in `mask` that are present.
     pub fn feature_names(&self, mask: u32) -> Vec<&'static str> {
-        feature::NAMES
-            .iter()
-            .filter(|(bit, _)| self.feature_map & mask & bit != 0)
-            .map(|(_, n)| *n)
-            .collect()
+        feature::NAMES.iter().filter(|(bit, _)| self.feature_map & mask & bit != 0).map(|(_, n)| *n).collect()
     }
 
     /// The `ppl` view of the `bitmap_offset` union.
@@ -811,7 +807,10 @@ mod tests {
             for bit in 0..8 {
                 let mut b = block.clone();
                 b[byte] ^= 1 << bit;
-                assert!(Superblock::decode(&b, 8, 16384, true).is_err(), "flip of byte {byte} bit {bit} accepted");
+                assert!(
+                    Superblock::decode(&b, 8, 16384, true).is_err(),
+                    "flip of byte {byte} bit {bit} accepted"
+                );
             }
         }
     }
@@ -828,7 +827,10 @@ mod tests {
         sb.feature_map = 1 << 20;
         sb.update_checksum();
         sb.encode(&mut block);
-        assert_eq!(Superblock::decode(&block, 8, 16384, true), Err(SuperblockError::UnknownFeatures(1 << 20)));
+        assert_eq!(
+            Superblock::decode(&block, 8, 16384, true),
+            Err(SuperblockError::UnknownFeatures(1 << 20))
+        );
     }
 
     #[test]
@@ -851,7 +853,8 @@ mod tests {
 
     #[test]
     fn uuid_format() {
-        let u = [0xcf, 0x22, 0xb5, 0xcb, 0x14, 0xd7, 0x44, 0xba, 0x78, 0xd2, 0x91, 0xc8, 0x8b, 0x91, 0x47, 0xcf];
+        let u =
+            [0xcf, 0x22, 0xb5, 0xcb, 0x14, 0xd7, 0x44, 0xba, 0x78, 0xd2, 0x91, 0xc8, 0x8b, 0x91, 0x47, 0xcf];
         assert_eq!(format_uuid(&u), "cf22b5cb:14d744ba:78d291c8:8b9147cf");
     }
 }

@@ -17,7 +17,9 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use crate::personality::{self, gf, Geometry, Level, Personality};
-use crate::superblock::{feature, Minor, Superblock, MAX_SB_SIZE, MAX_SECTOR, MD_DISK_ROLE_SPARE, MD_SB_MAGIC};
+use crate::superblock::{
+    feature, Minor, Superblock, MAX_SB_SIZE, MAX_SECTOR, MD_DISK_ROLE_SPARE, MD_SB_MAGIC,
+};
 
 /// What to build.
 #[derive(Clone, Debug)]
@@ -89,9 +91,9 @@ impl Spec {
             .sb_offset(dev)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "member too small"))?;
         let end = if self.minor == Minor::V0 { sb_at } else { dev };
-        end.checked_sub(self.data_offset())
-            .filter(|&s| s > 0)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "member too small for its data offset"))
+        end.checked_sub(self.data_offset()).filter(|&s| s > 0).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "member too small for its data offset")
+        })
     }
 
     /// The per-member component size (`size`): the smallest data area,
@@ -176,7 +178,9 @@ impl Spec {
             sb_csum: 0,
             max_dev,
             pad3: [0; 32],
-            dev_roles: (0..max_dev).map(|i| if (i as usize) < raid_disks { i as u16 } else { MD_DISK_ROLE_SPARE }).collect(),
+            dev_roles: (0..max_dev)
+                .map(|i| if (i as usize) < raid_disks { i as u16 } else { MD_DISK_ROLE_SPARE })
+                .collect(),
         };
         sb.update_checksum();
         Ok(sb)
@@ -221,7 +225,8 @@ pub fn write_array(spec: &Spec, paths: &[PathBuf], fill: &mut dyn FnMut(u64, &mu
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "one path per member needed"));
     }
     let geom = spec.geometry()?;
-    let pers = personality::build(&geom).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    let pers =
+        personality::build(&geom).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
     let files = paths
         .iter()
         .zip(&spec.member_bytes)

@@ -9,13 +9,11 @@
 //! tolerable set of members missing.
 
 use std::collections::HashSet;
-use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Mutex;
 
+mod common;
+use common::{check_fixture, unpack_fixture};
 use md::personality::{build, Geometry, GeometryError, Level, Location, MemberRead, Personality};
 use proptest::prelude::*;
 
@@ -33,11 +31,7 @@ struct Mem {
 impl Mem {
     fn new(disks: Vec<Vec<u8>>) -> Mem {
         let present = vec![true; disks.len()];
-        Mem {
-            disks,
-            present,
-            log: Mutex::new(Vec::new()),
-        }
+        Mem { disks, present, log: Mutex::new(Vec::new()) }
     }
 
     fn with_missing(&mut self, missing: &[usize]) -> &Mem {
@@ -61,10 +55,7 @@ impl MemberRead for Mem {
         let start = offset as usize;
         let end = start + buf.len();
         if end > disk.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "read past member end",
-            ));
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past member end"));
         }
         buf.copy_from_slice(&disk[start..end]);
         self.log.lock().unwrap().push((slot, offset, buf.len()));
@@ -99,10 +90,7 @@ fn increasing(n: usize, skip: &[usize]) -> Vec<usize> {
 
 /// Disks starting at `first`, wrapping around `n`, without those in `skip`.
 fn wrapping(n: usize, first: usize, skip: &[usize]) -> Vec<usize> {
-    (0..n)
-        .map(|i| (first + i) % n)
-        .filter(|d| !skip.contains(d))
-        .collect()
+    (0..n).map(|i| (first + i) % n).filter(|d| !skip.contains(d)).collect()
 }
 
 /// raid5-style placement over `n` disks: (parity disk, data disks in data
@@ -262,14 +250,7 @@ impl Case {
             dev_sectors,
             member_sectors: vec![dev_sectors; n],
         };
-        Case {
-            level,
-            layout,
-            n,
-            chunk: chunk_sectors as usize * 512,
-            stripes,
-            geom,
-        }
+        Case { level, layout, n, chunk: chunk_sectors as usize * 512, stripes, geom }
     }
 
     fn max_degraded(&self) -> usize {
@@ -297,9 +278,7 @@ impl Case {
         assert_eq!(data.len(), self.array_bytes());
         let dev_bytes = self.geom.dev_sectors as usize * 512;
         // Unused tail bytes are garbage, never read back.
-        let mut disks: Vec<Vec<u8>> = (0..self.n)
-            .map(|d| vec![0xe0 | d as u8; dev_bytes])
-            .collect();
+        let mut disks: Vec<Vec<u8>> = (0..self.n).map(|d| vec![0xe0 | d as u8; dev_bytes]).collect();
         let c = self.chunk;
         let dd = self.data_disks();
         for s in 0..self.stripes {
@@ -340,15 +319,8 @@ impl Case {
         let s = (chunk_number / self.data_disks()) as u64;
         let k = chunk_number % self.data_disks();
         let st = self.stripe(s);
-        let slot = st
-            .roles
-            .iter()
-            .position(|r| *r == Role::Data(k))
-            .expect("data chunk placed");
-        Location {
-            slot,
-            offset: s * self.chunk as u64 + (off % self.chunk) as u64,
-        }
+        let slot = st.roles.iter().position(|r| *r == Role::Data(k)).expect("data chunk placed");
+        Location { slot, offset: s * self.chunk as u64 + (off % self.chunk) as u64 }
     }
 
     fn name(&self) -> String {
@@ -435,50 +407,29 @@ fn assert_same(got: &[u8], want: &[u8], what: &str) {
 /// Reads `len` bytes at `off`, asserting success.
 fn read(p: &dyn Personality, m: &Mem, off: usize, len: usize) -> Vec<u8> {
     let mut buf = vec![0x5a; len];
-    p.read(m, off as u64, &mut buf)
-        .unwrap_or_else(|e| panic!("read {len} at {off}: {e}"));
+    p.read(m, off as u64, &mut buf).unwrap_or_else(|e| panic!("read {len} at {off}: {e}"));
     buf
 }
 
 /// Checks the whole map of a case against the reference: `locate` agrees,
 /// is injective, never lands on P or Q, and `syndrome_layout` agrees.
 fn check_map(case: &Case, p: &dyn Personality) {
-    assert_eq!(
-        p.array_bytes(),
-        case.array_bytes() as u64,
-        "{}",
-        case.name()
-    );
+    assert_eq!(p.array_bytes(), case.array_bytes() as u64, "{}", case.name());
     let mut seen = HashSet::new();
     let chunk = case.chunk;
     for c in 0..case.array_bytes() / chunk {
         for off in [c * chunk, c * chunk + chunk / 2 + 3, c * chunk + chunk - 1] {
             let want = case.locate(off);
-            assert_eq!(
-                p.locate(off as u64),
-                vec![want],
-                "{} offset {off}",
-                case.name()
-            );
-            assert!(
-                seen.insert(want),
-                "{} offset {off} shares {want:?}",
-                case.name()
-            );
+            assert_eq!(p.locate(off as u64), vec![want], "{} offset {off}", case.name());
+            assert!(seen.insert(want), "{} offset {off} shares {want:?}", case.name());
             let st = case.stripe(want.offset / chunk as u64);
-            assert!(
-                matches!(st.roles[want.slot], Role::Data(_)),
-                "{} offset {off} on parity",
-                case.name()
-            );
+            assert!(matches!(st.roles[want.slot], Role::Data(_)), "{} offset {off} on parity", case.name());
         }
     }
     assert!(p.locate(case.array_bytes() as u64).is_empty());
     for s in 0..case.stripes {
         let st = case.stripe(s);
-        let lay = p
-            .syndrome_layout(s * chunk as u64 + 1)
-            .expect("parity level has a syndrome layout");
+        let lay = p.syndrome_layout(s * chunk as u64 + 1).expect("parity level has a syndrome layout");
         let pd = st.roles.iter().position(|r| *r == Role::P);
         let qd = st.roles.iter().position(|r| *r == Role::Q);
         assert_eq!(Some(lay.p), pd, "{} stripe {s}", case.name());
@@ -491,9 +442,8 @@ fn check_map(case: &Case, p: &dyn Personality) {
             }
             assert_eq!(lay.data.iter().flatten().count(), case.data_disks());
         } else {
-            let want: Vec<Option<usize>> = (0..case.data_disks())
-                .map(|k| st.roles.iter().position(|r| *r == Role::Data(k)))
-                .collect();
+            let want: Vec<Option<usize>> =
+                (0..case.data_disks()).map(|k| st.roles.iter().position(|r| *r == Role::Data(k))).collect();
             assert_eq!(lay.data, want, "{} stripe {s}", case.name());
         }
     }
@@ -537,18 +487,10 @@ fn every_layout_every_missing_set() {
             for missing in subsets(n, case.max_degraded() + 1).into_iter().take(6) {
                 let mut present = vec![true; n];
                 missing.iter().for_each(|&m| present[m] = false);
-                assert!(
-                    !p.readable_with(&present),
-                    "{} missing {missing:?}",
-                    case.name()
-                );
+                assert!(!p.readable_with(&present), "{} missing {missing:?}", case.name());
                 let mut buf = vec![0u8; 4096];
                 let m = mem.with_missing(&missing);
-                assert!(
-                    p.read(m, 0, &mut buf).is_err(),
-                    "{} missing {missing:?} read",
-                    case.name()
-                );
+                assert!(p.read(m, 0, &mut buf).is_err(), "{} missing {missing:?} read", case.name());
             }
         }
     }
@@ -571,21 +513,12 @@ fn healthy_read_never_touches_parity() {
             // and nothing read twice or beyond the data.
             let chunks = case.array_bytes() / case.chunk;
             assert!(log.len() <= chunks, "{}", case.name());
-            assert_eq!(
-                log.iter().map(|r| r.2).sum::<usize>(),
-                case.array_bytes(),
-                "{}",
-                case.name()
-            );
+            assert_eq!(log.iter().map(|r| r.2).sum::<usize>(), case.array_bytes(), "{}", case.name());
             for (slot, off, len) in log {
                 assert_eq!(off % case.chunk as u64, 0);
                 for s in off / case.chunk as u64..(off + len as u64).div_ceil(case.chunk as u64) {
                     let st = case.stripe(s);
-                    assert!(
-                        matches!(st.roles[slot], Role::Data(_)),
-                        "{} read parity",
-                        case.name()
-                    );
+                    assert!(matches!(st.roles[slot], Role::Data(_)), "{} read parity", case.name());
                 }
             }
         }
@@ -599,29 +532,17 @@ fn healthy_read_never_touches_parity() {
 /// A random case: (level, layout), members, chunk (4 KiB..1 MiB), stripes,
 /// unused tail sectors.
 fn case_strategy() -> impl Strategy<Value = Case> {
-    (
-        0..all_layouts().len(),
-        0usize..7,
-        3u32..=11,
-        1u64..=3,
-        0u64..8,
-    )
-        .prop_map(|(li, extra, cshift, stripes, tail)| {
+    (0..all_layouts().len(), 0usize..7, 3u32..=11, 1u64..=3, 0u64..8).prop_map(
+        |(li, extra, cshift, stripes, tail)| {
             let (level, layout) = all_layouts()[li];
             let n = min_disks(level) + extra.min(8 - min_disks(level));
             let chunk_sectors = 1u32 << cshift;
             // Keep arrays at or under ~8 MiB.
             let per_stripe = u64::from(chunk_sectors) * 512 * n as u64;
             let stripes = stripes.min((8 << 20) / per_stripe).max(1);
-            Case::new(
-                level,
-                layout,
-                n,
-                chunk_sectors,
-                stripes,
-                tail % u64::from(chunk_sectors),
-            )
-        })
+            Case::new(level, layout, n, chunk_sectors, stripes, tail % u64::from(chunk_sectors))
+        },
+    )
 }
 
 proptest! {
@@ -755,78 +676,6 @@ fn array_size_rounds_to_chunks() {
 // Known answers from the real kernel
 // ---------------------------------------------------------------------------
 
-const FIXTURES: &str = "/work/shared/fixtures/md";
-/// data_offset of every fixture member: 2048 sectors.
-const DATA_OFFSET: u64 = 1 << 20;
-
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Member image files, reached at `data_offset`.
-struct Files {
-    files: Vec<File>,
-    present: Vec<bool>,
-}
-
-impl MemberRead for Files {
-    fn is_present(&self, slot: usize) -> bool {
-        self.present[slot]
-    }
-
-    fn read_at(&self, slot: usize, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        assert!(self.present[slot], "read of absent member {slot}");
-        self.files[slot].read_exact_at(buf, DATA_OFFSET + offset)
-    }
-}
-
-/// Decompresses the fixture's `m0.img.xz..` into a fresh temp dir.
-fn unpack(name: &str, members: usize) -> Option<(TempDir, Files)> {
-    let src = Path::new(FIXTURES).join(name);
-    if !src.exists() {
-        eprintln!("skipping: {} not found", src.display());
-        return None;
-    }
-    let dir = TempDir(
-        std::env::temp_dir().join(format!("umd-layouts-parity-{}-{name}", std::process::id())),
-    );
-    std::fs::create_dir_all(&dir.0).expect("temp dir");
-    let mut files = Vec::new();
-    for m in 0..members {
-        let out = dir.0.join(format!("m{m}.img"));
-        let status = Command::new("xz")
-            .arg("-dc")
-            .arg(src.join(format!("m{m}.img.xz")))
-            .stdout(File::create(&out).expect("create image"))
-            .status()
-            .expect("run xz");
-        assert!(status.success(), "xz failed on {name} m{m}");
-        files.push(File::open(&out).expect("open image"));
-    }
-    Some((
-        dir,
-        Files {
-            files,
-            present: vec![true; members],
-        },
-    ))
-}
-
-/// The fixtures' 4096-byte logical block `b` with pattern id `id`.
-fn pattern_block(b: u64, id: u64) -> Vec<u8> {
-    let mut v: Vec<u8> = (0..4096u64)
-        .map(|i| ((i + 7 * b + 0x35 * id) % 256) as u8)
-        .collect();
-    v[0..8].copy_from_slice(&b.to_le_bytes());
-    v[8..16].copy_from_slice(&id.to_le_bytes());
-    v
-}
-
 /// The fixture geometry: raid5 left-symmetric, 4 disks, 64 KiB chunk.
 fn fixture_geometry() -> Geometry {
     Geometry {
@@ -840,56 +689,15 @@ fn fixture_geometry() -> Geometry {
     }
 }
 
-/// Checks every logical block; `id_of(b)` gives the expected pattern id.
-fn check_pattern(p: &dyn Personality, m: &Files, id_of: impl Fn(u64) -> u64, what: &str) {
-    assert_eq!(p.array_bytes(), 22_020_096);
-    let blocks = p.array_bytes() / 4096;
-    // Read in io_hint-sized pieces, then check each block.
-    let hint = p.io_hint() as usize;
-    let mut buf = vec![0u8; hint];
-    let mut off = 0u64;
-    while off < p.array_bytes() {
-        let len = hint.min((p.array_bytes() - off) as usize);
-        p.read(m, off, &mut buf[..len])
-            .unwrap_or_else(|e| panic!("{what}: read at {off}: {e}"));
-        for (i, block) in buf[..len].chunks(4096).enumerate() {
-            let b = off / 4096 + i as u64;
-            assert!(b < blocks);
-            assert!(
-                block == pattern_block(b, id_of(b)),
-                "{what}: block {b} differs"
-            );
-        }
-        off += len as u64;
-    }
-    // A few unaligned single reads across chunk boundaries.
-    for start in [65536 - 100, 3 * 65536 - 1, 5 * 65536 + 4000] {
-        let mut small = vec![0u8; 300];
-        p.read(m, start, &mut small)
-            .unwrap_or_else(|e| panic!("{what}: read at {start}: {e}"));
-        for (i, byte) in small.iter().enumerate() {
-            let a = start + i as u64;
-            let b = a / 4096;
-            assert_eq!(
-                *byte,
-                pattern_block(b, id_of(b))[(a % 4096) as usize],
-                "{what}: byte {a}"
-            );
-        }
-    }
-}
-
 #[test]
 fn kernel_raid5_left_symmetric_healthy() {
-    let Some((_dir, mut files)) = unpack("raid5_ls_4d_64k", 4) else {
-        return;
-    };
+    let (_dir, mut files) = unpack_fixture("raid5_ls_4d_64k", 4);
     let p = build(&fixture_geometry()).expect("fixture geometry");
-    check_pattern(&*p, &files, |_| 1, "healthy");
+    check_fixture(&*p, &files, 22_020_096, |_| 1, "healthy");
     for gone in 0..4 {
         files.present = vec![true; 4];
         files.present[gone] = false;
-        check_pattern(&*p, &files, |_| 1, &format!("without m{gone}"));
+        check_fixture(&*p, &files, 22_020_096, |_| 1, &format!("without m{gone}"));
     }
     files.present = vec![true, false, true, false];
     let mut buf = vec![0u8; 4096];
@@ -898,11 +706,9 @@ fn kernel_raid5_left_symmetric_healthy() {
 
 #[test]
 fn kernel_raid5_left_symmetric_degraded() {
-    let Some((_dir, mut files)) = unpack("raid5_ls_4d_64k_degraded", 4) else {
-        return;
-    };
+    let (_dir, mut files) = unpack_fixture("raid5_ls_4d_64k_degraded", 4);
     let p = build(&fixture_geometry()).expect("fixture geometry");
     // m2 was failed and holds stale data: it must be left out.
     files.present = vec![true, true, false, true];
-    check_pattern(&*p, &files, |b| if b < 256 { 2 } else { 1 }, "degraded");
+    check_fixture(&*p, &files, 22_020_096, |b| if b < 256 { 2 } else { 1 }, "degraded");
 }

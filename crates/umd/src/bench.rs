@@ -70,7 +70,13 @@ fn extract(json: bool, quick: bool, full: bool, dir: Option<PathBuf>) -> CmdResu
     }
     let on_tmpfs = is_tmpfs(&base);
     let member_mib: u64 = if quick { 64 } else { 256 };
-    let rounds = if full { 7 } else if quick { 3 } else { 5 };
+    let rounds = if full {
+        7
+    } else if quick {
+        3
+    } else {
+        5
+    };
     let scratch = Scratch(base.join(format!("umd-bench-extract-{}", std::process::id())));
     std::fs::create_dir_all(&scratch.0).map_err(|e| CliError(format!("{}: {e}", scratch.0.display())))?;
     let paths: Vec<PathBuf> = (0..4).map(|i| scratch.0.join(format!("m{i}.img"))).collect();

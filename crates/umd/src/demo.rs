@@ -91,7 +91,8 @@ pub fn run(dir: Option<PathBuf>, keep: bool, member_mib: u64) -> CmdResult {
     println!("2. umd examine {}", members[0].display());
     let f = {
         let m = blockio::Member::open(&members[0], blockio::Access::ReadOnly)?;
-        md::superblock::load(&m, None, true).map_err(|e| CliError(format!("{}: {e}", members[0].display())))?
+        md::superblock::load(&m, None, true)
+            .map_err(|e| CliError(format!("{}: {e}", members[0].display())))?
     };
     for line in md::examine::report(&f, None).to_text().lines() {
         println!("   {line}");
@@ -108,7 +109,11 @@ pub fn run(dir: Option<PathBuf>, keep: bool, member_mib: u64) -> CmdResult {
 
     let mnt = dir.join("mnt");
     std::fs::create_dir_all(&mnt).map_err(|e| CliError(format!("{}: {e}", mnt.display())))?;
-    println!("5. umd assemble --readonly --mount {} (in-process) and reading {}/data", mnt.display(), mnt.display());
+    println!(
+        "5. umd assemble --readonly --mount {} (in-process) and reading {}/data",
+        mnt.display(),
+        mnt.display()
+    );
     let asm = assemble(&members, &AssembleOptions::default())?;
     let mount = export::mount(
         &mnt,

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use md::{assemble, AssembleOptions, Array};
+use md::{assemble, Array, AssembleOptions};
 
 use crate::progress::Progress;
 use crate::{CliError, CmdResult};
@@ -95,7 +95,7 @@ pub fn copy_out(array: &Array, sink: &mut dyn Write, threads: usize, label: &str
     let total = array.size();
     // Pieces of a whole number of stripes, near 4 MiB.
     let hint = array.io_hint();
-    let piece = (hint * (4 << 20).div_ceil(hint).max(1)).min(64 << 20) as usize;
+    let piece = (hint * (4u64 << 20).div_ceil(hint).max(1)).min(64 << 20) as usize;
     let pieces = total.div_ceil(piece as u64);
     let threads = threads.clamp(1, 16);
     let nbuf = threads * 2 + 1;
@@ -140,7 +140,7 @@ pub fn copy_out(array: &Array, sink: &mut dyn Write, threads: usize, label: &str
         let mut pending: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
         let mut want = 0u64;
         let mut written = 0u64;
-        let result = (|| {
+        let result = (|| -> Result<u64, CliError> {
             for (idx, r) in full_rx.iter() {
                 let buf = r.map_err(|e| {
                     CliError(format!("read of the array at byte {} failed: {e}", idx * piece as u64))

@@ -145,9 +145,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
         Command::Examine { json, members } => examine::run(&members, json),
-        Command::Extract { output, force, threads, members } => extract::run(&members, &output, force, threads),
+        Command::Extract { output, force, threads, members } => {
+            extract::run(&members, &output, force, threads)
+        }
         Command::Assemble { readonly, mount, daemon, threads, force, allow_other, members } => {
-            mount::assemble(&members, mount::Options { readonly, dir: mount, daemon, threads, force, allow_other })
+            mount::assemble(
+                &members,
+                mount::Options { readonly, dir: mount, daemon, threads, force, allow_other },
+            )
         }
         Command::Stop { dir } => mount::stop(&dir),
         Command::Bench { name, json, quick, full, dir } => bench::run(&name, json, quick, full, dir),

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use md::{assemble as md_assemble, AssembleOptions, Array};
+use md::{assemble as md_assemble, Array, AssembleOptions};
 
 use crate::{CliError, CmdResult};
 
@@ -70,7 +70,9 @@ fn absolute(dir: &Path) -> PathBuf {
         (Some(parent), Some(name)) if !parent.as_os_str().is_empty() => {
             std::fs::canonicalize(parent).map(|p| p.join(name)).unwrap_or_else(|_| dir.to_path_buf())
         }
-        (_, Some(name)) => std::env::current_dir().map(|c| c.join(name)).unwrap_or_else(|_| dir.to_path_buf()),
+        (_, Some(name)) => {
+            std::env::current_dir().map(|c| c.join(name)).unwrap_or_else(|_| dir.to_path_buf())
+        }
         _ => std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()),
     }
 }
@@ -221,7 +223,10 @@ fn serve(array: Array, degraded: bool, dir: &Path, o: &Options, ready_fd: Option
     let pidf = pid_file(dir);
     let _ = std::fs::create_dir_all(RUN_DIR);
     if let Err(e) = std::fs::write(&pidf, format!("{}\n", std::process::id())) {
-        eprintln!("umd: warning: cannot record PID in {}: {e} (`umd stop` will unmount directly)", pidf.display());
+        eprintln!(
+            "umd: warning: cannot record PID in {}: {e} (`umd stop` will unmount directly)",
+            pidf.display()
+        );
     }
     let unmounter = mount.unmounter();
     std::thread::Builder::new()
@@ -283,7 +288,11 @@ pub fn stop(dir: &Path) -> CmdResult {
                     .map_err(|_| CliError(format!("{}: path contains NUL", dir.display())))?;
                 // SAFETY: `c` is a valid NUL-terminated path.
                 if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
-                    return Err(CliError(format!("{}: unmount failed: {}", dir.display(), io::Error::last_os_error())));
+                    return Err(CliError(format!(
+                        "{}: unmount failed: {}",
+                        dir.display(),
+                        io::Error::last_os_error()
+                    )));
                 }
                 eprintln!("umd: unmounted {} (its process was gone)", dir.display());
                 Ok(())

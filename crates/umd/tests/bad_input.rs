@@ -59,7 +59,11 @@ impl Case {
         let last = lines.last().copied().unwrap_or("");
         assert!(last.starts_with("umd: "), "{what}: error line format: {err}");
         if let Some(c) = culprit {
-            assert!(last.contains(&c.display().to_string()), "{what}: error must name {}: {err}", c.display());
+            assert!(
+                last.contains(&c.display().to_string()),
+                "{what}: error must name {}: {err}",
+                c.display()
+            );
         }
         assert!(last.contains(reason), "{what}: error must say {reason:?}: {err}");
     }
@@ -129,7 +133,8 @@ fn members_of_two_different_arrays() {
     let s = Scratch::new("bad-two");
     let a = fixture_raid5(&s);
     let b = unpack("raid0_4d_64k", &s);
-    let members = vec![a.members[0].clone(), a.members[1].clone(), a.members[2].clone(), b.members[3].clone()];
+    let members =
+        vec![a.members[0].clone(), a.members[1].clone(), a.members[2].clone(), b.members[3].clone()];
     let c = Case::new(members, &[]);
     c.expect_error(Some(&b.members[3]), "belongs to array", &s);
 }
@@ -171,7 +176,8 @@ fn directory_instead_of_a_file() {
 fn member_given_twice() {
     let s = Scratch::new("bad-twice");
     let fx = fixture_raid5(&s);
-    let members = vec![fx.members[0].clone(), fx.members[1].clone(), fx.members[2].clone(), fx.members[1].clone()];
+    let members =
+        vec![fx.members[0].clone(), fx.members[1].clone(), fx.members[2].clone(), fx.members[1].clone()];
     let c = Case::new(members, &fx.members);
     c.expect_error(Some(&fx.members[1]), "given twice", &s);
     // A byte-for-byte copy is the same member too (same device UUID).

@@ -24,7 +24,11 @@ fn examine_agrees_with_mdadm_and_recorded_output() {
         let fx = unpack(&name, &s);
         for (k, m) in fx.members.iter().enumerate() {
             let out = run(umd().arg("examine").arg(m));
-            assert!(out.status.success(), "{name} m{k}: umd examine failed: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{name} m{k}: umd examine failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             let text = String::from_utf8(out.stdout).expect("utf8");
             assert!(text.starts_with(&format!("{}:\n", m.display())), "{name} m{k}: header line");
             let ours = parse_examine(&text);
@@ -54,9 +58,14 @@ fn examine_agrees_with_mdadm_and_recorded_output() {
             assert_eq!(strip(&text), strip(&live_text), "{name} m{k}: text layout differs from mdadm's");
 
             // The output recorded by the machine that made the array.
-            let rec = std::fs::read_to_string(fx.dir.join(format!("examine_m{k}.txt"))).expect("recorded examine");
+            let rec =
+                std::fs::read_to_string(fx.dir.join(format!("examine_m{k}.txt"))).expect("recorded examine");
             let rec = parse_examine(&rec);
-            assert_eq!(ours.keys().collect::<Vec<_>>(), rec.keys().collect::<Vec<_>>(), "{name} m{k}: keys vs recorded");
+            assert_eq!(
+                ours.keys().collect::<Vec<_>>(),
+                rec.keys().collect::<Vec<_>>(),
+                "{name} m{k}: keys vs recorded"
+            );
             for (key, v) in &rec {
                 if HOST_DEPENDENT.contains(&key.as_str()) {
                     continue;
@@ -109,13 +118,20 @@ fn extract_reads_every_fixture_byte_exactly() {
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "{name}: extract failed: {err}");
         let data = std::fs::read(&out_file).expect("read output");
-        assert_eq!(data.len() as u64, fx.manifest["array_size_bytes"].as_u64().expect("size"), "{name}: size");
+        assert_eq!(
+            data.len() as u64,
+            fx.manifest["array_size_bytes"].as_u64().expect("size"),
+            "{name}: size"
+        );
         check_pattern(&fx.manifest, &data, &name);
         assert!(err.contains("extracted"), "{name}: summary line missing: {err}");
         if let Some(failed) = fx.manifest["failed_member"].as_str() {
             let k: usize = failed.trim_start_matches('m').parse().expect("member index");
             let failed_path = fx.members[k].display().to_string();
-            assert!(err.contains(&failed_path) && err.contains("faulty"), "{name}: must say {failed} is left out: {err}");
+            assert!(
+                err.contains(&failed_path) && err.contains("faulty"),
+                "{name}: must say {failed} is left out: {err}"
+            );
             assert!(err.contains("DEGRADED"), "{name}: must say degraded loudly: {err}");
         }
         std::fs::remove_file(&out_file).expect("rm");
@@ -142,7 +158,8 @@ fn extract_of_healthy_raid5_without_each_member_rebuilds_from_parity() {
     let s = Scratch::new("extract-degraded");
     let fx = unpack("raid5_ls_4d_64k", &s);
     for skip in 0..fx.members.len() {
-        let some: Vec<_> = fx.members.iter().enumerate().filter(|(i, _)| *i != skip).map(|(_, p)| p.clone()).collect();
+        let some: Vec<_> =
+            fx.members.iter().enumerate().filter(|(i, _)| *i != skip).map(|(_, p)| p.clone()).collect();
         let out = run(umd().arg("extract").args(&some));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "without m{skip}: {err}");
@@ -167,7 +184,13 @@ fn fuse_mount_serves_every_fixture_byte_exactly() {
         let dir = s.path(&format!("{name}-mnt"));
         std::fs::create_dir_all(&dir).expect("mkdir");
         let _guard = MountGuard { dir: dir.clone(), pid: None };
-        let out = run(umd().arg("assemble").arg("--readonly").arg("--mount").arg(&dir).arg("--daemon").args(&fx.members));
+        let out = run(umd()
+            .arg("assemble")
+            .arg("--readonly")
+            .arg("--mount")
+            .arg(&dir)
+            .arg("--daemon")
+            .args(&fx.members));
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{name}: assemble failed: {}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(stdout.lines().count(), 1, "{name}: one ready line: {stdout}");

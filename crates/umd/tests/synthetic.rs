@@ -12,8 +12,10 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn build(s: &Scratch, tag: &str, spec: &Spec) -> (Vec<PathBuf>, u64) {
-    let paths: Vec<PathBuf> = (0..spec.member_bytes.len()).map(|i| s.path(&format!("{tag}-m{i}.img"))).collect();
-    let size = md::synth::write_array(spec, &paths, &mut |off, buf| pattern_fill(off, 1, buf)).expect("synth");
+    let paths: Vec<PathBuf> =
+        (0..spec.member_bytes.len()).map(|i| s.path(&format!("{tag}-m{i}.img"))).collect();
+    let size =
+        md::synth::write_array(spec, &paths, &mut |off, buf| pattern_fill(off, 1, buf)).expect("synth");
     (paths, size)
 }
 
@@ -86,7 +88,8 @@ fn every_level_reads_back_healthy_and_degraded() {
         assert!(out.status.success(), "case {i}: {}", String::from_utf8_lossy(&out.stderr));
         check_all(&out.stdout, size, &format!("case {i} healthy"));
         for d in drops {
-            let some: Vec<_> = paths.iter().enumerate().filter(|(k, _)| !d.contains(k)).map(|(_, p)| p.clone()).collect();
+            let some: Vec<_> =
+                paths.iter().enumerate().filter(|(k, _)| !d.contains(k)).map(|(_, p)| p.clone()).collect();
             let out = run(umd().arg("extract").args(&some));
             let err = String::from_utf8_lossy(&out.stderr);
             assert!(out.status.success(), "case {i} without {d:?}: {err}");

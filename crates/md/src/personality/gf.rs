@@ -220,12 +220,7 @@ pub fn gen_syndrome(data: &[Option<&[u8]>], p: &mut [u8], q: &mut [u8]) {
 /// P, if wanted, can then be regenerated with [`gen_syndrome`].
 pub fn raid6_datap_recov(data: &[Option<&[u8]>], faila: usize, q: &[u8], da: &mut [u8]) {
     debug_assert_eq!(q.len(), da.len());
-    syndrome::<false>(
-        data.len(),
-        |z| if z == faila { None } else { data[z] },
-        &mut [],
-        da,
-    );
+    syndrome::<false>(data.len(), |z| if z == faila { None } else { data[z] }, &mut [], da);
     xor_into(da, q);
     mul_in_place(da, inv(exp2(faila)));
 }

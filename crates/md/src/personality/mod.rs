@@ -221,7 +221,9 @@ pub(crate) fn check_range(offset: u64, len: usize, array_bytes: u64) -> io::Resu
         Some(end) if end <= array_bytes => Ok(()),
         _ => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("read of {len} bytes at {offset} reaches past the end of the array ({array_bytes} bytes)"),
+            format!(
+                "read of {len} bytes at {offset} reaches past the end of the array ({array_bytes} bytes)"
+            ),
         )),
     }
 }

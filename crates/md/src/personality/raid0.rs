@@ -30,9 +30,7 @@
 
 use std::io;
 
-use super::{
-    check_range, unrecoverable, Geometry, GeometryError, Level, Location, MemberRead, Personality,
-};
+use super::{check_range, unrecoverable, Geometry, GeometryError, Level, Location, MemberRead, Personality};
 
 /// Bytes in a sector.
 const SECTOR: u64 = 512;
@@ -165,12 +163,7 @@ impl Raid0 {
             let zone_end = zone_start
                 .checked_add(zone_bytes)
                 .ok_or_else(|| GeometryError("raid0 array size overflows".into()))?;
-            zones.push(Zone {
-                zone_start,
-                zone_end,
-                dev_start,
-                devs,
-            });
+            zones.push(Zone { zone_start, zone_end, dev_start, devs });
             zone_start = zone_end;
             dev_start = zone_dev_end;
         }
@@ -188,13 +181,7 @@ impl Raid0 {
             .ok_or_else(|| GeometryError("raid0 array size overflows".into()))?;
         debug_assert!(array_bytes <= zone_start);
 
-        Ok(Raid0 {
-            geom,
-            chunk_bytes,
-            zones,
-            layout,
-            array_bytes,
-        })
+        Ok(Raid0 { geom, chunk_bytes, zones, layout, array_bytes })
     }
 
     /// The index of the zone holding array byte `offset` (`find_zone`);
@@ -221,11 +208,7 @@ impl Raid0 {
         let dev_idx = (sector / self.chunk_bytes) % nb_dev;
         let chunk = zone_offset / (self.chunk_bytes * nb_dev);
         let member_offset = zone.dev_start + chunk * self.chunk_bytes + sect_in_chunk;
-        (
-            zone.devs[dev_idx as usize],
-            member_offset,
-            self.chunk_bytes - sect_in_chunk,
-        )
+        (zone.devs[dev_idx as usize], member_offset, self.chunk_bytes - sect_in_chunk)
     }
 }
 
@@ -257,23 +240,13 @@ impl Personality for Raid0 {
             }
             let (slot, member_offset, chunk_left) = self.map_sector(&self.zones[zone_idx], pos);
             if !members.is_present(slot) {
-                return Err(unrecoverable(&format!(
-                    "raid0 member {slot} is missing (array byte {pos})"
-                )));
+                return Err(unrecoverable(&format!("raid0 member {slot} is missing (array byte {pos})")));
             }
             let len = chunk_left.min((buf.len() - done) as u64) as usize;
-            let piece = MemberRun {
-                slot,
-                member_offset,
-                buf_start: done,
-                len,
-            };
-            match &mut pending {
-                Some(run) if run.try_extend(&piece) => {}
-                _ => {
-                    if let Some(run) = pending.replace(piece) {
-                        run.read(members, buf)?;
-                    }
+            let piece = MemberRun { slot, member_offset, buf_start: done, len };
+            if !pending.as_mut().is_some_and(|run| run.try_extend(&piece)) {
+                if let Some(run) = pending.replace(piece) {
+                    run.read(members, buf)?;
                 }
             }
             done += len;
@@ -289,10 +262,7 @@ impl Personality for Raid0 {
             return Vec::new();
         }
         let (slot, member_offset, _) = self.map_sector(&self.zones[self.find_zone(offset)], offset);
-        vec![Location {
-            slot,
-            offset: member_offset,
-        }]
+        vec![Location { slot, offset: member_offset }]
     }
 
     fn io_hint(&self) -> u64 {
@@ -334,10 +304,6 @@ impl MemberRun {
 
     /// Reads the run into its place in `buf`.
     pub(super) fn read(&self, members: &dyn MemberRead, buf: &mut [u8]) -> io::Result<()> {
-        members.read_at(
-            self.slot,
-            self.member_offset,
-            &mut buf[self.buf_start..self.buf_start + self.len],
-        )
+        members.read_at(self.slot, self.member_offset, &mut buf[self.buf_start..self.buf_start + self.len])
     }
 }

@@ -17,9 +17,7 @@
 use std::io;
 
 use super::raid0::MemberRun;
-use super::{
-    check_range, unrecoverable, Geometry, GeometryError, Level, Location, MemberRead, Personality,
-};
+use super::{check_range, unrecoverable, Geometry, GeometryError, Level, Location, MemberRead, Personality};
 
 /// Bytes in a sector.
 const SECTOR: u64 = 512;
@@ -53,9 +51,10 @@ impl Raid1 {
                 geom.raid_disks
             )));
         }
-        let array_bytes = geom.dev_sectors.checked_mul(SECTOR).ok_or_else(|| {
-            GeometryError(format!("raid1 size of {} sectors overflows", geom.dev_sectors))
-        })?;
+        let array_bytes = geom
+            .dev_sectors
+            .checked_mul(SECTOR)
+            .ok_or_else(|| GeometryError(format!("raid1 size of {} sectors overflows", geom.dev_sectors)))?;
         Ok(Raid1 { geom, array_bytes })
     }
 
@@ -69,10 +68,7 @@ impl Raid1 {
     fn preferred_mirror(&self, members: &dyn MemberRead, present: usize, pos: u64) -> usize {
         debug_assert!(present > 0);
         let turn = ((pos / READ_BALANCE_BYTES) % present as u64) as usize;
-        (0..self.raid_disks())
-            .filter(|&s| members.is_present(s))
-            .nth(turn)
-            .unwrap_or(0)
+        (0..self.raid_disks()).filter(|&s| members.is_present(s)).nth(turn).unwrap_or(0)
     }
 
     /// After the read from mirror `failed` failed: reads `buf` at array
@@ -117,14 +113,9 @@ impl Personality for Raid1 {
         if buf.is_empty() {
             return Ok(());
         }
-        let present = (0..self.raid_disks())
-            .filter(|&s| members.is_present(s))
-            .count();
+        let present = (0..self.raid_disks()).filter(|&s| members.is_present(s)).count();
         if present == 0 {
-            return Err(unrecoverable(&format!(
-                "all {} raid1 mirrors are missing",
-                self.raid_disks()
-            )));
+            return Err(unrecoverable(&format!("all {} raid1 mirrors are missing", self.raid_disks())));
         }
         let mut done = 0usize;
         while done < buf.len() {
@@ -135,15 +126,9 @@ impl Personality for Raid1 {
             // With a single mirror present every region comes from it: read
             // the rest with one call.
             let end = if present == 1 { buf.len() } else { done + len };
-            let run = MemberRun {
-                slot: first,
-                member_offset: pos,
-                buf_start: done,
-                len: end - done,
-            };
+            let run = MemberRun { slot: first, member_offset: pos, buf_start: done, len: end - done };
             if let Err(e) = run.read(members, buf) {
-                self.read_others(members, first, pos, &mut buf[done..end])
-                    .map_err(|_| e)?;
+                self.read_others(members, first, pos, &mut buf[done..end]).map_err(|_| e)?;
             }
             done = end;
         }
@@ -154,9 +139,7 @@ impl Personality for Raid1 {
         if offset >= self.array_bytes {
             return Vec::new();
         }
-        (0..self.raid_disks())
-            .map(|slot| Location { slot, offset })
-            .collect()
+        (0..self.raid_disks()).map(|slot| Location { slot, offset }).collect()
     }
 
     fn io_hint(&self) -> u64 {

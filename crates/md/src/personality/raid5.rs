@@ -35,8 +35,8 @@
 use std::io;
 
 use super::{
-    check_range, gf, unrecoverable, Geometry, GeometryError, Level, Location, MemberRead,
-    Personality, SyndromeLayout,
+    check_range, gf, unrecoverable, Geometry, GeometryError, Level, Location, MemberRead, Personality,
+    SyndromeLayout,
 };
 
 /// Sectors per page: md requires raid4/5/6 chunks to be a whole number of
@@ -128,9 +128,7 @@ impl Algorithm {
     fn is_ddf(self) -> bool {
         matches!(
             self,
-            Algorithm::RotatingZeroRestart
-                | Algorithm::RotatingNRestart
-                | Algorithm::RotatingNContinue
+            Algorithm::RotatingZeroRestart | Algorithm::RotatingNRestart | Algorithm::RotatingNContinue
         )
     }
 }
@@ -233,12 +231,7 @@ impl Run {
             return Ok(());
         }
         self.flush(members, buf)?;
-        *self = Run {
-            slot,
-            dev_off,
-            buf_off,
-            len,
-        };
+        *self = Run { slot, dev_off, buf_off, len };
         Ok(())
     }
 
@@ -246,11 +239,7 @@ impl Run {
     fn flush(&mut self, members: &dyn MemberRead, buf: &mut [u8]) -> io::Result<()> {
         if self.len != 0 {
             debug_assert!(members.is_present(self.slot));
-            members.read_at(
-                self.slot,
-                self.dev_off,
-                &mut buf[self.buf_off..self.buf_off + self.len],
-            )?;
+            members.read_at(self.slot, self.dev_off, &mut buf[self.buf_off..self.buf_off + self.len])?;
             self.len = 0;
         }
         Ok(())
@@ -268,15 +257,8 @@ impl Raid5 {
             other => return Err(GeometryError(format!("{other} is not a raid4/5/6 level"))),
         };
         let algorithm = Algorithm::from_md(level, geom.layout).ok_or_else(|| {
-            let accepted = if raid6 {
-                "0..=5, 8..=10 or 16..=20"
-            } else {
-                "0..=5"
-            };
-            GeometryError(format!(
-                "{level} layout {} is not supported (md accepts {accepted})",
-                geom.layout
-            ))
+            let accepted = if raid6 { "0..=5, 8..=10 or 16..=20" } else { "0..=5" };
+            GeometryError(format!("{level} layout {} is not supported (md accepts {accepted})", geom.layout))
         })?;
         if geom.raid_disks < min_disks {
             return Err(GeometryError(format!(
@@ -309,18 +291,11 @@ impl Raid5 {
         let chunk_bytes = u64::from(chunk_sectors) * 512;
         // raid5_size: dev_sectors rounded down to whole chunks, times data disks.
         let dev_sectors = geom.dev_sectors & !(u64::from(chunk_sectors) - 1);
-        let too_big = || {
-            GeometryError(format!(
-                "{level} array of {} sectors per member overflows",
-                geom.dev_sectors
-            ))
-        };
-        let stripe_bytes = chunk_bytes
-            .checked_mul(data_disks as u64)
-            .ok_or_else(too_big)?;
-        let array_bytes = (dev_sectors / u64::from(chunk_sectors))
-            .checked_mul(stripe_bytes)
-            .ok_or_else(too_big)?;
+        let too_big =
+            || GeometryError(format!("{level} array of {} sectors per member overflows", geom.dev_sectors));
+        let stripe_bytes = chunk_bytes.checked_mul(data_disks as u64).ok_or_else(too_big)?;
+        let array_bytes =
+            (dev_sectors / u64::from(chunk_sectors)).checked_mul(stripe_bytes).ok_or_else(too_big)?;
         Ok(Raid5 {
             geom,
             algorithm,
@@ -350,10 +325,7 @@ impl Raid5 {
                 Parity0 => 0,
                 _ => data_disks,
             };
-            StripeHead {
-                pd_idx,
-                qd_idx: None,
-            }
+            StripeHead { pd_idx, qd_idx: None }
         } else {
             let (pd_idx, qd_idx) = match self.algorithm {
                 LeftAsymmetric | LeftSymmetric => {
@@ -380,10 +352,7 @@ impl Raid5 {
                 RightAsymmetric6 | RightSymmetric6 => (rot(n - 1), n - 1),
                 Parity06 => (0, n - 1),
             };
-            StripeHead {
-                pd_idx,
-                qd_idx: Some(qd_idx),
-            }
+            StripeHead { pd_idx, qd_idx: Some(qd_idx) }
         };
         debug_assert!(sh.pd_idx < n && sh.qd_idx.iter().all(|&q| q < n && q != sh.pd_idx));
         sh
@@ -490,15 +459,9 @@ impl Raid5 {
             let disk = self.dd_idx(sh, k);
             if !present[disk] {
                 if nlost == lost.len() {
-                    return Err(unrecoverable(
-                        "more than two data blocks of a stripe are missing",
-                    ));
+                    return Err(unrecoverable("more than two data blocks of a stripe are missing"));
                 }
-                let slot = if self.raid6 {
-                    self.syndrome_slot(sh, disk)
-                } else {
-                    k
-                };
+                let slot = if self.raid6 { self.syndrome_slot(sh, disk) } else { k };
                 lost[nlost] = (disk, slot);
                 nlost += 1;
             }
@@ -547,10 +510,8 @@ impl Raid5 {
         while seg < hi {
             let seg_end = hi.min(seg + seg_cap);
             let len = seg_end - seg;
-            let mut regions: Vec<&mut [u8]> = scratch[..n * seg_cap]
-                .chunks_exact_mut(seg_cap)
-                .map(|r| &mut r[..len])
-                .collect();
+            let mut regions: Vec<&mut [u8]> =
+                scratch[..n * seg_cap].chunks_exact_mut(seg_cap).map(|r| &mut r[..len]).collect();
             debug_assert_eq!(regions.len(), n);
             for (disk, region) in regions.iter_mut().enumerate() {
                 if need(disk) {
@@ -561,12 +522,8 @@ impl Raid5 {
                 Method::Xor => {
                     let target = lost[0].0;
                     let out = std::mem::take(&mut regions[target]);
-                    let srcs: Vec<&[u8]> = regions
-                        .iter()
-                        .enumerate()
-                        .filter(|&(d, _)| need(d))
-                        .map(|(_, r)| &**r)
-                        .collect();
+                    let srcs: Vec<&[u8]> =
+                        regions.iter().enumerate().filter(|&(d, _)| need(d)).map(|(_, r)| &**r).collect();
                     gf::xor_blocks(out, &srcs);
                     regions[target] = out;
                 }
@@ -630,12 +587,7 @@ impl Raid5 {
             let stripe_start = stripe * self.stripe_bytes;
             let stripe_end = end.min(stripe_start + self.stripe_bytes);
             let sh = self.stripe_head(stripe);
-            let mut lost = [Piece {
-                disk: 0,
-                lo: 0,
-                hi: 0,
-                buf_off: 0,
-            }; 2];
+            let mut lost = [Piece { disk: 0, lo: 0, hi: 0, buf_off: 0 }; 2];
             let mut nlost = 0;
             while pos < stripe_end {
                 let in_stripe = pos - stripe_start;
@@ -647,26 +599,12 @@ impl Raid5 {
                 // Both bounded by the chunk, which fits in the buffer's span.
                 let (lo, len) = (chunk_offset as usize, len as usize);
                 if degraded.present.is_empty() || degraded.present[disk] {
-                    run.add(
-                        members,
-                        buf,
-                        disk,
-                        stripe * chunk + chunk_offset,
-                        buf_off,
-                        len,
-                    )?;
+                    run.add(members, buf, disk, stripe * chunk + chunk_offset, buf_off, len)?;
                 } else {
                     if nlost == lost.len() {
-                        return Err(unrecoverable(
-                            "more than two data blocks of a stripe are missing",
-                        ));
+                        return Err(unrecoverable("more than two data blocks of a stripe are missing"));
                     }
-                    lost[nlost] = Piece {
-                        disk,
-                        lo,
-                        hi: lo + len,
-                        buf_off,
-                    };
+                    lost[nlost] = Piece { disk, lo, hi: lo + len, buf_off };
                     nlost += 1;
                 }
                 pos += len as u64;
@@ -709,17 +647,13 @@ impl Personality for Raid5 {
     }
 
     fn readable_with(&self, present: &[bool]) -> bool {
-        let absent = (0..self.raid_disks)
-            .filter(|&i| !present.get(i).copied().unwrap_or(false))
-            .count();
+        let absent = (0..self.raid_disks).filter(|&i| !present.get(i).copied().unwrap_or(false)).count();
         absent <= self.max_degraded
     }
 
     fn read(&self, members: &dyn MemberRead, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         check_range(offset, buf.len(), self.array_bytes)?;
-        let absent = (0..self.raid_disks)
-            .filter(|&s| !members.is_present(s))
-            .count();
+        let absent = (0..self.raid_disks).filter(|&s| !members.is_present(s)).count();
         if absent > self.max_degraded {
             return Err(unrecoverable(&format!(
                 "{} of {} {} members are missing (at most {} can be)",
@@ -730,9 +664,7 @@ impl Personality for Raid5 {
             return self.read_stripes(members, offset, buf, &mut Degraded::default());
         }
         let mut degraded = Degraded {
-            present: (0..self.raid_disks)
-                .map(|s| members.is_present(s))
-                .collect(),
+            present: (0..self.raid_disks).map(|s| members.is_present(s)).collect(),
             scratch: SCRATCH.with(|c| c.take()),
         };
         let result = self.read_stripes(members, offset, buf, &mut degraded);
@@ -749,10 +681,7 @@ impl Personality for Raid5 {
         let stripe = chunk_number / self.data_disks as u64;
         let k = (chunk_number % self.data_disks as u64) as usize;
         let slot = self.dd_idx(self.stripe_head(stripe), k);
-        vec![Location {
-            slot,
-            offset: stripe * self.chunk_bytes + chunk_offset,
-        }]
+        vec![Location { slot, offset: stripe * self.chunk_bytes + chunk_offset }]
     }
 
     fn io_hint(&self) -> u64 {
@@ -778,15 +707,9 @@ impl Personality for Raid5 {
             }
             data
         } else {
-            (0..self.data_disks)
-                .map(|k| Some(self.dd_idx(sh, k)))
-                .collect()
+            (0..self.data_disks).map(|k| Some(self.dd_idx(sh, k))).collect()
         };
-        Some(SyndromeLayout {
-            data,
-            p: sh.pd_idx,
-            q: sh.qd_idx,
-        })
+        Some(SyndromeLayout { data, p: sh.pd_idx, q: sh.qd_idx })
     }
 }
 
@@ -794,13 +717,7 @@ impl Personality for Raid5 {
 mod tests {
     use super::*;
 
-    fn geom(
-        level: Level,
-        layout: u32,
-        raid_disks: u32,
-        chunk_sectors: u32,
-        dev_sectors: u64,
-    ) -> Geometry {
+    fn geom(level: Level, layout: u32, raid_disks: u32, chunk_sectors: u32, dev_sectors: u64) -> Geometry {
         Geometry {
             level,
             layout,
@@ -819,11 +736,7 @@ mod tests {
         let layouts: &[(Level, &[u32], u32)] = &[
             (Level::Raid4, &[0, 5], 2),
             (Level::Raid5, &[0, 1, 2, 3, 4, 5], 2),
-            (
-                Level::Raid6,
-                &[0, 1, 2, 3, 4, 5, 8, 9, 10, 16, 17, 18, 19, 20],
-                4,
-            ),
+            (Level::Raid6, &[0, 1, 2, 3, 4, 5, 8, 9, 10, 16, 17, 18, 19, 20], 4),
         ];
         for &(level, los, min) in layouts {
             for &layout in los {

@@ -63,7 +63,8 @@ pub struct Fixture {
 pub fn unpack(name: &str, scratch: &Scratch) -> Fixture {
     let dir = fixtures_dir().join(name);
     let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).expect("manifest")).expect("json");
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).expect("manifest"))
+            .expect("json");
     let n = manifest["members"].as_array().expect("members").len();
     let mut members = Vec::new();
     for k in 0..n {
@@ -137,7 +138,12 @@ pub fn file_hash(p: &Path) -> u64 {
 }
 
 pub fn have_tool(tool: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| o.status.success()).unwrap_or(false)
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
 
 /// Unmounts `dir` (lazily) if it is mounted, and kills `pid` if alive:
