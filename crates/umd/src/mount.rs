@@ -120,14 +120,15 @@ pub fn assemble(members: &[PathBuf], o: Options) -> CmdResult {
     for n in &asm.notes {
         eprintln!("umd: {n}");
     }
-    let ready_fd = if o.daemon { Some(daemonize()?) } else { None };
+    let ready_fd = if o.daemon { Some(daemonize(&pid_file(&dir).with_extension("log"))?) } else { None };
     serve(asm.array, asm.degraded, &dir, &o, ready_fd)
 }
 
 /// Forks: the parent waits for the child's "ready" line on a pipe, prints
-/// it and exits; the child returns the pipe's write end. Runs before any
-/// thread exists.
-fn daemonize() -> Result<i32, CliError> {
+/// it and exits; the child returns the pipe's write end, with its standard
+/// streams detached (stderr appended to `log`). Runs before any thread
+/// exists.
+fn daemonize(log: &Path) -> Result<i32, CliError> {
     let mut fds = [0i32; 2];
     // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -160,20 +161,33 @@ fn daemonize() -> Result<i32, CliError> {
     unsafe { libc::close(fds[0]) };
     // SAFETY: setsid has no memory-safety preconditions.
     unsafe { libc::setsid() };
-    redirect_stdio();
+    redirect_stdio(log);
     Ok(fds[1])
 }
 
-/// Points stdin/stdout at /dev/null in the daemon (stderr stays, for
-/// late errors).
-fn redirect_stdio() {
-    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
-        use std::os::unix::io::AsRawFd;
+/// Detaches the daemon from the caller's standard streams: stdin and stdout
+/// go to /dev/null, stderr (late errors) to `log`, or /dev/null when the log
+/// cannot be opened. A daemon must not keep its caller's pipes open.
+fn redirect_stdio(log: &Path) {
+    use std::os::unix::io::AsRawFd;
+    let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null");
+    let _ = std::fs::create_dir_all(RUN_DIR);
+    let err = std::fs::OpenOptions::new().create(true).append(true).open(log);
+    if let Ok(null) = &null {
         // SAFETY: dup2 onto the standard descriptors with a valid source fd.
         unsafe {
             libc::dup2(null.as_raw_fd(), 0);
             libc::dup2(null.as_raw_fd(), 1);
         }
+    }
+    let err_fd = match (&err, &null) {
+        (Ok(f), _) => Some(f.as_raw_fd()),
+        (Err(_), Ok(n)) => Some(n.as_raw_fd()),
+        _ => None,
+    };
+    if let Some(fd) = err_fd {
+        // SAFETY: dup2 onto stderr with a valid source fd.
+        unsafe { libc::dup2(fd, 2) };
     }
 }
 

@@ -1,7 +1,7 @@
 //! Shared helpers for umd's integration tests: scratch directories that
 //! clean up after themselves, the real md fixtures, running the binary,
 //! and the fixtures' data pattern.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -113,8 +113,39 @@ pub fn umd() -> Command {
     Command::new(env!("CARGO_BIN_EXE_umd"))
 }
 
+/// Runs `cmd` to completion with its output captured in files (not pipes,
+/// so a daemon that keeps a descriptor cannot hang the test), and fails the
+/// test if it takes longer than two minutes.
 pub fn run(cmd: &mut Command) -> Output {
-    cmd.output().expect("spawn")
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let base = std::env::temp_dir().join(format!("umd-test-out-{}-{n}", std::process::id()));
+    let (out_p, err_p) = (base.with_extension("out"), base.with_extension("err"));
+    let out_f = std::fs::File::create(&out_p).expect("stdout file");
+    let err_f = std::fs::File::create(&err_p).expect("stderr file");
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(out_f)
+        .stderr(err_f)
+        .spawn()
+        .expect("spawn");
+    let t = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if t.elapsed() > std::time::Duration::from_secs(120) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("command timed out: {cmd:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    let stdout = std::fs::read(&out_p).unwrap_or_default();
+    let stderr = std::fs::read(&err_p).unwrap_or_default();
+    let _ = std::fs::remove_file(&out_p);
+    let _ = std::fs::remove_file(&err_p);
+    Output { status, stdout, stderr }
 }
 
 /// Parses `key : value` lines of an mdadm-style report.
