@@ -75,6 +75,23 @@ impl Spec {
         }
     }
 
+    /// Stamps the spec with the current time and a UUID derived from it and
+    /// the process ID, so that two arrays built by separate runs differ.
+    pub fn stamp_now(&mut self) {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        self.time = now.as_secs();
+        let seed = (u128::from(now.as_secs()) << 64)
+            ^ u128::from(now.subsec_nanos())
+            ^ (u128::from(std::process::id()) << 32);
+        // A splitmix-style scramble: the UUID needs to be unique, not secret.
+        let mut x = seed ^ 0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c834;
+        for _ in 0..3 {
+            x ^= x >> 61;
+            x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9_94d0_49bb_1331_11eb);
+        }
+        self.uuid = x.to_le_bytes();
+    }
+
     fn data_offset(&self) -> u64 {
         if self.minor == Minor::V0 {
             0

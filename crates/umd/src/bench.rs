@@ -82,6 +82,7 @@ fn extract(json: bool, quick: bool, full: bool, dir: Option<PathBuf>) -> CmdResu
     let paths: Vec<PathBuf> = (0..4).map(|i| scratch.0.join(format!("m{i}.img"))).collect();
     let mut spec = Spec::new(Level::Raid5, 4, member_mib << 20);
     spec.name = "umd:bench".into();
+    spec.stamp_now();
     synth::write_array(&spec, &paths, &mut |off, buf| synth::pattern_fill(off, 1, buf))
         .map_err(|e| CliError(format!("building the bench array: {e}")))?;
     let exe = std::env::current_exe().map_err(|e| CliError(format!("current_exe: {e}")))?;

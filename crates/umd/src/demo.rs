@@ -84,6 +84,7 @@ pub fn run(dir: Option<PathBuf>, keep: bool, member_mib: u64) -> CmdResult {
     println!("1. building a 4-member raid5 (left-symmetric, 512K chunks, metadata 1.2) of {member_mib} MiB image files in {}", dir.display());
     let mut spec = Spec::new(Level::Raid5, 4, member_mib << 20);
     spec.name = "umd:demo".into();
+    spec.stamp_now();
     let size = synth::write_array(&spec, &members, &mut |off, buf| synth::pattern_fill(off, 1, buf))
         .map_err(|e| CliError(format!("building the demo array: {e}")))?;
     println!("   array size {size} bytes");

@@ -123,12 +123,8 @@ pub fn run(cmd: &mut Command) -> Output {
     let (out_p, err_p) = (base.with_extension("out"), base.with_extension("err"));
     let out_f = std::fs::File::create(&out_p).expect("stdout file");
     let err_f = std::fs::File::create(&err_p).expect("stderr file");
-    let mut child = cmd
-        .stdin(std::process::Stdio::null())
-        .stdout(out_f)
-        .stderr(err_f)
-        .spawn()
-        .expect("spawn");
+    let mut child =
+        cmd.stdin(std::process::Stdio::null()).stdout(out_f).stderr(err_f).spawn().expect("spawn");
     let t = std::time::Instant::now();
     let status = loop {
         if let Some(st) = child.try_wait().expect("wait") {
