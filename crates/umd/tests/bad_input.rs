@@ -56,7 +56,8 @@ impl Case {
         assert!(!out.status.success(), "{what} succeeded on bad input ({reason}): {err}");
         assert!(out.stdout.is_empty(), "{what} printed data on bad input");
         let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-        let last = lines.last().copied().unwrap_or("");
+        assert_eq!(lines.len(), 1, "{what}: exactly one error line expected: {err}");
+        let last = lines[0];
         assert!(last.starts_with("umd: "), "{what}: error line format: {err}");
         if let Some(c) = culprit {
             assert!(

@@ -134,3 +134,33 @@ fn multi_zone_raid0_needs_its_layout() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("layout"), "{err}");
 }
+
+#[test]
+fn each_members_own_data_offset_is_honoured() {
+    let s = Scratch::new("synth-offset");
+    let sp = spec(Level::Raid5, 4, 3, 2, 64, Minor::V2);
+    let (paths, size) = build(&s, "off", &sp);
+    // Move m1's data area from 1 MiB to 2 MiB into a larger image, as md
+    // allows members to differ in data_offset.
+    let old = std::fs::read(&paths[1]).expect("read m1");
+    let moved = s.path("off-m1-moved.img");
+    let mut img = vec![0u8; 4 << 20];
+    img[2 << 20..].copy_from_slice(&old[1 << 20..3 << 20]);
+    std::fs::write(&moved, &img).expect("write moved");
+    let m = blockio::Member::open(&paths[1], blockio::Access::ReadOnly).expect("open");
+    let mut sb = md::superblock::load(&m, None, true).expect("load").sb;
+    sb.data_offset = 4096;
+    sb.data_size = 4096;
+    sb.update_checksum();
+    let mut block = vec![0u8; 4096];
+    sb.encode(&mut block);
+    let f = std::fs::OpenOptions::new().write(true).open(&moved).expect("open moved");
+    std::os::unix::fs::FileExt::write_all_at(&f, &block, 4096).expect("write sb");
+    drop(f);
+    let members = vec![paths[0].clone(), moved, paths[2].clone(), paths[3].clone()];
+    let out = run(umd().arg("extract").args(&members));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    check_all(&out.stdout, size, "raid5 with one member at another data offset");
+    let ex = run(umd().arg("examine").arg(&members[1]));
+    assert!(String::from_utf8_lossy(&ex.stdout).contains("Data Offset : 4096 sectors"));
+}
