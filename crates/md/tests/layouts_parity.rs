@@ -599,15 +599,7 @@ proptest! {
 // ---------------------------------------------------------------------------
 
 fn geometry(level: Level, layout: u32, raid_disks: u32, chunk_sectors: u32) -> Geometry {
-    Geometry {
-        level,
-        layout,
-        raid0_layout_set: false,
-        chunk_sectors,
-        raid_disks,
-        dev_sectors: 1 << 16,
-        member_sectors: vec![1 << 16; raid_disks as usize],
-    }
+    Geometry::uniform(level, layout, raid_disks, chunk_sectors, 1 << 16)
 }
 
 fn rejects(g: Geometry, needle: &str) {
@@ -678,15 +670,7 @@ fn array_size_rounds_to_chunks() {
 
 /// The fixture geometry: raid5 left-symmetric, 4 disks, 64 KiB chunk.
 fn fixture_geometry() -> Geometry {
-    Geometry {
-        level: Level::Raid5,
-        layout: 2,
-        raid0_layout_set: false,
-        chunk_sectors: 128,
-        raid_disks: 4,
-        dev_sectors: 14336,
-        member_sectors: vec![14336; 4],
-    }
+    Geometry::uniform(Level::Raid5, 2, 4, 128, 14336)
 }
 
 #[test]

@@ -758,15 +758,7 @@ fn kernel_raid0_4d_64k() {
 #[test]
 fn kernel_raid10_n2_4d_64k() {
     let (_dir, mut files) = unpack_fixture("raid10_n2_4d_64k", 4);
-    let g = Geometry {
-        level: Level::Raid10,
-        layout: 258,
-        raid0_layout_set: false,
-        chunk_sectors: 128,
-        raid_disks: 4,
-        dev_sectors: 14336,
-        member_sectors: vec![14336; 4],
-    };
+    let g = Geometry::uniform(Level::Raid10, 258, 4, 128, 14336);
     let p = build(&g).expect("fixture geometry");
     check_fixture(&*p, &files, 14_680_064, |_| 1, "raid10 n2");
     // One member of each mirror pair may go.
@@ -790,15 +782,7 @@ fn kernel_raid10_n2_4d_64k() {
 #[test]
 fn kernel_raid1_2d() {
     let (_dir, mut files) = unpack_fixture("raid1_2d", 2);
-    let g = Geometry {
-        level: Level::Raid1,
-        layout: 0,
-        raid0_layout_set: false,
-        chunk_sectors: 0,
-        raid_disks: 2,
-        dev_sectors: 14336,
-        member_sectors: vec![14336; 2],
-    };
+    let g = Geometry::uniform(Level::Raid1, 0, 2, 0, 14336);
     let p = build(&g).expect("fixture geometry");
     check_fixture(&*p, &files, 7_340_032, |_| 1, "raid1");
     for gone in 0..2 {

@@ -270,6 +270,13 @@ fn serve(array: Array, degraded: bool, dir: &Path, o: &Options, ready_fd: Option
     }
     let r = mount.wait();
     let _ = std::fs::remove_file(&pidf);
+    if ready_fd.is_some() {
+        // A daemon's log that stayed empty says nothing worth keeping.
+        let log = pidf.with_extension("log");
+        if std::fs::metadata(&log).is_ok_and(|m| m.len() == 0) {
+            let _ = std::fs::remove_file(&log);
+        }
+    }
     r.map_err(|e| CliError(format!("{}: {e}", dir.display())))
 }
 

@@ -107,6 +107,28 @@ pub struct Geometry {
     pub member_sectors: Vec<u64>,
 }
 
+impl Geometry {
+    /// A geometry whose members all have `dev_sectors` of data area and use
+    /// all of it (no raid0 multi-zone layout recorded).
+    pub fn uniform(
+        level: Level,
+        layout: u32,
+        raid_disks: u32,
+        chunk_sectors: u32,
+        dev_sectors: u64,
+    ) -> Geometry {
+        Geometry {
+            level,
+            layout,
+            raid0_layout_set: false,
+            chunk_sectors,
+            raid_disks,
+            dev_sectors,
+            member_sectors: vec![dev_sectors; raid_disks as usize],
+        }
+    }
+}
+
 /// One place an array byte is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Location {

@@ -718,15 +718,7 @@ mod tests {
     use super::*;
 
     fn geom(level: Level, layout: u32, raid_disks: u32, chunk_sectors: u32, dev_sectors: u64) -> Geometry {
-        Geometry {
-            level,
-            layout,
-            raid0_layout_set: false,
-            chunk_sectors,
-            raid_disks,
-            dev_sectors,
-            member_sectors: vec![dev_sectors; raid_disks as usize],
-        }
+        Geometry::uniform(level, layout, raid_disks, chunk_sectors, dev_sectors)
     }
 
     /// Every data disk of every stripe maps to a distinct slot, different
