@@ -27,6 +27,7 @@ pub mod examine;
 pub mod personality;
 pub mod superblock;
 pub mod synth;
+pub mod sysfs;
 
 pub use array::Array;
 pub use assemble::{assemble, AssembleError, AssembleOptions, Assembly};

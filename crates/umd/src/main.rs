@@ -6,12 +6,13 @@
 //! `md` crate and serves them through `export`; it holds no RAID logic of its
 //! own.
 //!
-//! Commands: `examine`, `extract`, `assemble`, `stop`, `bench`, `demo`.
+//! Commands: `examine`, `extract`, `assemble`, `detail`, `stop`, `bench`, `demo`.
 //! Every error is one line on stderr, `umd: MEMBER: reason`, and a non-zero
 //! exit status.
 
 mod bench;
 mod demo;
+mod detail;
 mod examine;
 mod extract;
 mod mount;
@@ -81,6 +82,16 @@ enum Command {
         /// Member devices or image files.
         #[arg(required = true)]
         members: Vec<PathBuf>,
+    },
+    /// Print what `mdadm --detail` prints for the array served at DIR, read
+    /// from its attributes (DIR/md/) and a member's superblock.
+    #[command(alias = "D")]
+    Detail {
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Mount directory given to `umd assemble --mount`.
+        dir: PathBuf,
     },
     /// Stop the array served at DIR: unmount it and end its process.
     #[command(alias = "S")]
@@ -155,6 +166,7 @@ fn main() -> ExitCode {
             )
         }
         Command::Stop { dir } => mount::stop(&dir),
+        Command::Detail { dir, json } => detail::run(&dir, json),
         Command::Bench { name, json, quick, full, dir } => bench::run(&name, json, quick, full, dir),
         Command::Demo { dir, keep, member_mib } => demo::run(dir, keep, member_mib),
     };

@@ -1,0 +1,693 @@
+//! md's sysfs attributes (`/sys/block/mdX/md/…`) for an assembled array,
+//! published in a [`kernfs`] tree: the same names and value formats as
+//! Linux md (`drivers/md/md.c`), so that tools written against md's sysfs
+//! read umd the same way.
+//!
+//! ## Responsibility boundary
+//! This module owns the mapping between an array's state and its attribute
+//! files: what each `show` prints, what each `store` accepts, and which
+//! attributes notify. The tree mechanics (open files, prealloc buffers,
+//! active references, poll) are `kernfs`'s. The values of a read-only
+//! assembly are its true values: `array_state` reads `readonly`, `degraded`
+//! counts the missing slots, `sync_action` is `idle` (or `frozen`). Stores
+//! whose semantics arrive with the write path (issue 6 onward) answer
+//! `EBUSY`, `EROFS` or `EINVAL` as md would for a running read-only array;
+//! none pretends success. Garbage is `EINVAL` and changes nothing.
+//!
+//! Attributes md creates only for personalities with redundancy
+//! (`md_redundancy_group`: `sync_action`, `sync_completed`, `mismatch_cnt`,
+//! `degraded`, …) are absent for raid0, as in md.
+//!
+//! ## Synchronization model
+//! The array's mutable state is a handful of atomics in [`MdState`]; every
+//! `show` reads them without a lock and every `store` updates them with one
+//! atomic operation, then calls [`kernfs::Node::notify`] (lock-free) on the
+//! attribute that changed. `show` formats into the open file's page buffer
+//! with `core::fmt` and allocates nothing.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use kernfs::{Attr, AttrOps, Errno, Kernfs, NodeRef, ShowBuf};
+
+use crate::array::Array;
+use crate::personality::Level;
+
+/// md's `array_state` words, in md's order (`array_states[]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ArrayState {
+    /// No devices, no size, no level.
+    Clear = 0,
+    /// May have some settings, but not active.
+    Inactive,
+    /// Running, but I/O is suspended.
+    Suspended,
+    /// Running, no writes allowed.
+    Readonly,
+    /// Read-only until the first write.
+    ReadAuto,
+    /// Writes allowed, no write in flight, in sync.
+    Clean,
+    /// Writes allowed, in use.
+    Active,
+    /// A write is waiting for the metadata to be marked dirty.
+    WritePending,
+    /// Active but idle: the metadata may be marked clean.
+    ActiveIdle,
+    /// Too many members failed.
+    Broken,
+}
+
+impl ArrayState {
+    const ALL: [ArrayState; 10] = [
+        ArrayState::Clear,
+        ArrayState::Inactive,
+        ArrayState::Suspended,
+        ArrayState::Readonly,
+        ArrayState::ReadAuto,
+        ArrayState::Clean,
+        ArrayState::Active,
+        ArrayState::WritePending,
+        ArrayState::ActiveIdle,
+        ArrayState::Broken,
+    ];
+
+    /// md's word for the state.
+    pub fn word(self) -> &'static str {
+        match self {
+            ArrayState::Clear => "clear",
+            ArrayState::Inactive => "inactive",
+            ArrayState::Suspended => "suspended",
+            ArrayState::Readonly => "readonly",
+            ArrayState::ReadAuto => "read-auto",
+            ArrayState::Clean => "clean",
+            ArrayState::Active => "active",
+            ArrayState::WritePending => "write-pending",
+            ArrayState::ActiveIdle => "active-idle",
+            ArrayState::Broken => "broken",
+        }
+    }
+
+    /// The state named by md's word.
+    pub fn from_word(w: &[u8]) -> Option<ArrayState> {
+        ArrayState::ALL.iter().copied().find(|s| s.word().as_bytes() == w)
+    }
+
+    fn from_u8(v: u8) -> ArrayState {
+        ArrayState::ALL.get(usize::from(v)).copied().unwrap_or(ArrayState::Inactive)
+    }
+}
+
+/// The mutable state behind the attributes.
+#[derive(Debug)]
+pub struct MdState {
+    array_state: AtomicU8,
+    sync_frozen: AtomicBool,
+    safe_mode_delay_ms: AtomicU32,
+    /// Per slot: read errors corrected or seen (`dev-*/errors`).
+    errors: Vec<AtomicU32>,
+}
+
+impl MdState {
+    /// The current `array_state`.
+    pub fn array_state(&self) -> ArrayState {
+        ArrayState::from_u8(self.array_state.load(Ordering::Acquire))
+    }
+}
+
+/// The published attribute tree of one array.
+pub struct MdSysfs {
+    fs: Arc<Kernfs>,
+    /// The `md` directory.
+    pub md_dir: NodeRef,
+    /// `md/array_state`.
+    pub array_state: NodeRef,
+    /// `md/sync_action` (absent for raid0).
+    pub sync_action: Option<NodeRef>,
+    /// Per slot: the `md/dev-NAME` directory and its `state` attribute.
+    /// Locked only by management operations (publish, member removal),
+    /// never by `show`/`store`.
+    members: Mutex<Vec<Option<(NodeRef, NodeRef)>>>,
+    /// The shared state.
+    pub state: Arc<MdState>,
+}
+
+impl std::fmt::Debug for MdSysfs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MdSysfs").field("state", &self.state).finish()
+    }
+}
+
+impl MdSysfs {
+    /// Sets `array_state` (as md's own transitions will) and notifies its
+    /// pollers. Lock-free; used by the array's state machine and by tests.
+    pub fn set_array_state(&self, s: ArrayState) {
+        let old = self.state.array_state.swap(s as u8, Ordering::AcqRel);
+        if old != s as u8 {
+            self.array_state.notify();
+        }
+    }
+
+    /// Removes the member directory of `slot` (as md does when a member is
+    /// removed from the array): open files on its attributes then fail with
+    /// ENODEV.
+    ///
+    /// Must not be called from a `store` of an attribute inside that
+    /// member's directory (removal waits for in-flight operations).
+    pub fn remove_member(&self, slot: usize) -> Result<(), Errno> {
+        let taken = {
+            let mut m = self.members.lock().map_err(|_| libc::EIO)?;
+            m.get_mut(slot).and_then(Option::take)
+        };
+        let Some((dir, _state)) = taken else { return Err(libc::ENOENT) };
+        if let Some(link) = self.fs.lookup(&self.md_dir, &format!("rd{slot}")) {
+            self.fs.remove(&link);
+        }
+        self.fs.remove(&dir);
+        Ok(())
+    }
+
+    /// The `dev-NAME/state` attribute of `slot`, if that member is present.
+    pub fn member_state(&self, slot: usize) -> Option<NodeRef> {
+        self.members.lock().ok()?.get(slot)?.as_ref().map(|(_, st)| st.clone())
+    }
+}
+
+/// An attribute whose show and store are closures.
+struct FnAttr<S, T>
+where
+    S: Fn(&mut ShowBuf) -> Result<(), Errno> + Send + Sync + 'static,
+    T: Fn(&[u8]) -> Result<usize, Errno> + Send + Sync + 'static,
+{
+    show: S,
+    store: T,
+}
+
+impl<S, T> AttrOps for FnAttr<S, T>
+where
+    S: Fn(&mut ShowBuf) -> Result<(), Errno> + Send + Sync + 'static,
+    T: Fn(&[u8]) -> Result<usize, Errno> + Send + Sync + 'static,
+{
+    fn show(&self, out: &mut ShowBuf) -> Result<(), Errno> {
+        (self.show)(out)
+    }
+
+    fn store(&self, data: &[u8]) -> Result<usize, Errno> {
+        (self.store)(data)
+    }
+}
+
+/// A read-only attribute's store: md's attributes without `->store` are
+/// mode 0444; a write reaching one anyway is EACCES... the VFS refuses it
+/// before md sees it. We answer EACCES too.
+fn no_store(_: &[u8]) -> Result<usize, Errno> {
+    Err(libc::EACCES)
+}
+
+fn fmt_err(_: std::fmt::Error) -> Errno {
+    libc::EFBIG
+}
+
+/// Writes `args` into `out`, followed by a newline.
+fn line(out: &mut ShowBuf, args: std::fmt::Arguments<'_>) -> Result<(), Errno> {
+    out.write_fmt(args).map_err(fmt_err)?;
+    out.write_char('\n').map_err(fmt_err)
+}
+
+/// The word written, without one trailing newline (md's `cmd_match`).
+fn word(data: &[u8]) -> &[u8] {
+    data.strip_suffix(b"\n").unwrap_or(data)
+}
+
+/// Parses an unsigned decimal number (md's `kstrtoull` with one trailing
+/// newline allowed).
+fn parse_u64(data: &[u8]) -> Result<u64, Errno> {
+    let w = word(data);
+    if w.is_empty() || w.len() > 20 {
+        return Err(libc::EINVAL);
+    }
+    let mut v: u64 = 0;
+    for &c in w {
+        if !c.is_ascii_digit() {
+            return Err(libc::EINVAL);
+        }
+        v = v.checked_mul(10).and_then(|v| v.checked_add(u64::from(c - b'0'))).ok_or(libc::EINVAL)?;
+    }
+    Ok(v)
+}
+
+/// Parses md's `safe_mode_delay` format: seconds with up to three decimals.
+fn parse_msec(data: &[u8]) -> Result<u32, Errno> {
+    let w = word(data);
+    let (int, frac) = match w.iter().position(|&c| c == b'.') {
+        Some(i) => (&w[..i], &w[i + 1..]),
+        None => (w, &b""[..]),
+    };
+    if int.is_empty() && frac.is_empty() || frac.len() > 3 {
+        return Err(libc::EINVAL);
+    }
+    let secs = if int.is_empty() { 0 } else { parse_u64(int)? };
+    let mut ms = if frac.is_empty() { 0 } else { parse_u64(frac)? };
+    for _ in frac.len()..3 {
+        ms *= 10;
+    }
+    let total = secs.checked_mul(1000).and_then(|s| s.checked_add(ms)).ok_or(libc::EINVAL)?;
+    u32::try_from(total).map_err(|_| libc::EINVAL)
+}
+
+/// md's words for `dev-*/state` stores.
+const DEV_STATE_WORDS: [&str; 17] = [
+    "faulty",
+    "remove",
+    "writemostly",
+    "-writemostly",
+    "blocked",
+    "-blocked",
+    "insync",
+    "-insync",
+    "write_error",
+    "-write_error",
+    "want_replacement",
+    "-want_replacement",
+    "re-add",
+    "failfast",
+    "-failfast",
+    "external_bbl",
+    "-external_bbl",
+];
+
+/// A name usable as `dev-NAME`: the member's file name with anything but
+/// `[A-Za-z0-9._-]` replaced by `_`.
+fn dev_name(path: &Path) -> String {
+    let base = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "member".into());
+    base.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect()
+}
+
+const RO: u32 = 0o444;
+const RW: u32 = 0o644;
+
+/// Builds md's attribute tree for `array` under `parent` (a directory
+/// named `md` is created there) and activates it.
+///
+/// `readonly` is the assembly mode (only read-only exists yet).
+pub fn publish(fs: &Arc<Kernfs>, parent: &NodeRef, array: &Array, readonly: bool) -> Result<MdSysfs, Errno> {
+    let sb = &array.sb;
+    let geom = array.personality.geometry().clone();
+    let raid_disks = geom.raid_disks as usize;
+    let initial = if readonly { ArrayState::Readonly } else { ArrayState::Clean };
+    let state = Arc::new(MdState {
+        array_state: AtomicU8::new(initial as u8),
+        sync_frozen: AtomicBool::new(false),
+        safe_mode_delay_ms: AtomicU32::new(200),
+        errors: (0..raid_disks).map(|_| AtomicU32::new(0)).collect(),
+    });
+    let md = fs.create_dir(parent, "md", 0o755)?;
+    // Prealloc attributes take their write buffer at open: a store
+    // allocates nothing (seed 000).
+    let pre =
+        |ops: Arc<dyn AttrOps>| Attr { ops, prealloc: true, atomic_write_len: 0, seq: false, notify: true };
+    let plain =
+        |ops: Arc<dyn AttrOps>| Attr { ops, prealloc: false, atomic_write_len: 0, seq: false, notify: false };
+    let ro_value = |fs: &Arc<Kernfs>, dir: &NodeRef, name: &str, v: String| -> Result<NodeRef, Errno> {
+        let ops = Arc::new(FnAttr {
+            show: move |out: &mut ShowBuf| line(out, format_args!("{v}")),
+            store: no_store,
+        });
+        fs.create_attr(dir, name, RO, plain(ops))
+    };
+
+    // array_state: prealloc, notifies.
+    let st = state.clone();
+    let array_state_store = move |data: &[u8]| -> Result<usize, Errno> {
+        let Some(want) = ArrayState::from_word(word(data)) else { return Err(libc::EINVAL) };
+        let cur = st.array_state();
+        match want {
+            // md: these cannot be requested.
+            ArrayState::Suspended
+            | ArrayState::WritePending
+            | ArrayState::ActiveIdle
+            | ArrayState::Broken => Err(libc::EINVAL),
+            ArrayState::Readonly if cur == ArrayState::Readonly => Ok(data.len()),
+            // Read-write operation arrives with the write path; stopping is
+            // `umd stop DIR`.
+            _ => Err(libc::EBUSY),
+        }
+    };
+    let st = state.clone();
+    let array_state = fs.create_attr(
+        &md,
+        "array_state",
+        RW,
+        pre(Arc::new(FnAttr {
+            show: move |out: &mut ShowBuf| line(out, format_args!("{}", st.array_state().word())),
+            store: array_state_store,
+        })),
+    )?;
+
+    // level: a level change is a reshape (later); known names are EBUSY.
+    let level_s = geom.level.to_string();
+    let level_store = |data: &[u8]| -> Result<usize, Errno> {
+        const KNOWN: [&[u8]; 14] = [
+            b"linear", b"raid0", b"raid1", b"raid4", b"raid5", b"raid6", b"raid10", b"0", b"1", b"4", b"5",
+            b"6", b"10", b"-1",
+        ];
+        if KNOWN.contains(&word(data)) {
+            Err(libc::EBUSY)
+        } else {
+            Err(libc::EINVAL)
+        }
+    };
+    fs.create_attr(
+        &md,
+        "level",
+        RW,
+        plain(Arc::new(FnAttr {
+            show: move |out: &mut ShowBuf| line(out, format_args!("{level_s}")),
+            store: level_store,
+        })),
+    )?;
+    let busy_number = |data: &[u8]| -> Result<usize, Errno> { parse_u64(data).and(Err(libc::EBUSY)) };
+    let num_attr = |fs: &Arc<Kernfs>, name: &str, v: String| -> Result<NodeRef, Errno> {
+        let ops = Arc::new(FnAttr {
+            show: move |out: &mut ShowBuf| line(out, format_args!("{v}")),
+            store: busy_number,
+        });
+        fs.create_attr(&md, name, RW, plain(ops))
+    };
+    num_attr(fs, "raid_disks", raid_disks.to_string())?;
+    num_attr(fs, "chunk_size", (u64::from(geom.chunk_sectors) * 512).to_string())?;
+    let layout = if geom.level == Level::Raid0 && !geom.raid0_layout_set {
+        "-1".to_string()
+    } else {
+        geom.layout.to_string()
+    };
+    let layout_store = |data: &[u8]| -> Result<usize, Errno> {
+        let w = word(data);
+        let digits = w.strip_prefix(b"-").unwrap_or(w);
+        parse_u64(digits).and(Err(libc::EBUSY))
+    };
+    fs.create_attr(
+        &md,
+        "layout",
+        RW,
+        plain(Arc::new(FnAttr {
+            show: move |out: &mut ShowBuf| line(out, format_args!("{layout}")),
+            store: layout_store,
+        })),
+    )?;
+    num_attr(fs, "component_size", (sb.size / 2).to_string())?;
+    let minor = sb.minor();
+    let metadata_store = |data: &[u8]| -> Result<usize, Errno> {
+        let w = word(data);
+        let known = w == b"none"
+            || w.starts_with(b"external:")
+            || (w.len() >= 3
+                && w[1] == b'.'
+                && w[0].is_ascii_digit()
+                && w[2..].iter().all(u8::is_ascii_digit));
+        if known {
+            Err(libc::EBUSY)
+        } else {
+            Err(libc::EINVAL)
+        }
+    };
+    fs.create_attr(
+        &md,
+        "metadata_version",
+        RW,
+        pre(Arc::new(FnAttr {
+            show: move |out: &mut ShowBuf| line(out, format_args!("{}", minor.as_str())),
+            store: metadata_store,
+        })),
+    )?;
+    let array_size_store = |data: &[u8]| -> Result<usize, Errno> {
+        if word(data) == b"default" {
+            return Err(libc::EBUSY);
+        }
+        parse_u64(data).and(Err(libc::EBUSY))
+    };
+    fs.create_attr(
+        &md,
+        "array_size",
+        RW,
+        plain(Arc::new(FnAttr {
+            show: |out: &mut ShowBuf| line(out, format_args!("default")),
+            store: array_size_store,
+        })),
+    )?;
+    let st = state.clone();
+    let st2 = state.clone();
+    fs.create_attr(
+        &md,
+        "safe_mode_delay",
+        RW,
+        plain(Arc::new(FnAttr {
+            show: move |out: &mut ShowBuf| {
+                let ms = st.safe_mode_delay_ms.load(Ordering::Relaxed);
+                line(out, format_args!("{}.{:03}", ms / 1000, ms % 1000))
+            },
+            store: move |data: &[u8]| {
+                let ms = parse_msec(data)?;
+                st2.safe_mode_delay_ms.store(ms, Ordering::Relaxed);
+                Ok(data.len())
+            },
+        })),
+    )?;
+    let resync_offset = sb.resync_offset;
+    let resync_store = |data: &[u8]| -> Result<usize, Errno> {
+        if word(data) == b"none" {
+            return Err(libc::EBUSY);
+        }
+        parse_u64(data).and(Err(libc::EBUSY))
+    };
+    fs.create_attr(
+        &md,
+        "resync_start",
+        RW,
+        pre(Arc::new(FnAttr {
+            show: move |out: &mut ShowBuf| {
+                if resync_offset == u64::MAX {
+                    line(out, format_args!("none"))
+                } else {
+                    line(out, format_args!("{resync_offset}"))
+                }
+            },
+            store: resync_store,
+        })),
+    )?;
+
+    let policy = if geom.level == Level::Raid0 {
+        "none"
+    } else if sb.has_feature(crate::superblock::feature::BITMAP_OFFSET) {
+        "bitmap"
+    } else {
+        "resync"
+    };
+    let policy_store = |data: &[u8]| -> Result<usize, Errno> {
+        match word(data) {
+            b"none" | b"resync" | b"bitmap" | b"journal" | b"ppl" => Err(libc::EBUSY),
+            _ => Err(libc::EINVAL),
+        }
+    };
+    fs.create_attr(
+        &md,
+        "consistency_policy",
+        RW,
+        plain(Arc::new(FnAttr {
+            show: move |out: &mut ShowBuf| line(out, format_args!("{policy}")),
+            store: policy_store,
+        })),
+    )?;
+
+    // md_redundancy_group: only for personalities with sync_request.
+    let mut sync_action = None;
+    if geom.level != Level::Raid0 {
+        let st = state.clone();
+        let st2 = state.clone();
+        let node_slot: Arc<OnceLock<NodeRef>> = Arc::new(OnceLock::new());
+        let slot2 = node_slot.clone();
+        let node = fs.create_attr(
+            &md,
+            "sync_action",
+            RW,
+            pre(Arc::new(FnAttr {
+                show: move |out: &mut ShowBuf| {
+                    let w = if st.sync_frozen.load(Ordering::Acquire) { "frozen" } else { "idle" };
+                    line(out, format_args!("{w}"))
+                },
+                store: move |data: &[u8]| {
+                    let changed = match word(data) {
+                        b"frozen" => !st2.sync_frozen.swap(true, Ordering::AcqRel),
+                        b"idle" => st2.sync_frozen.swap(false, Ordering::AcqRel),
+                        // A read-only array cannot be resynced or repaired.
+                        b"resync" | b"recover" | b"check" | b"repair" | b"reshape" => {
+                            return Err(libc::EROFS)
+                        }
+                        _ => return Err(libc::EINVAL),
+                    };
+                    if changed {
+                        if let Some(n) = slot2.get() {
+                            n.notify();
+                        }
+                    }
+                    Ok(data.len())
+                },
+            })),
+        )?;
+        let _ = node_slot.set(node.clone());
+        sync_action = Some(node);
+        ro_value(fs, &md, "sync_completed", "none".into())?;
+        ro_value(fs, &md, "mismatch_cnt", "0".into())?;
+        ro_value(fs, &md, "degraded", array.missing().to_string())?;
+    }
+
+    // Members.
+    let mut members: Vec<Option<(NodeRef, NodeRef)>> = (0..raid_disks).map(|_| None).collect();
+    let mut used = std::collections::HashSet::new();
+    for (slot, m) in array.slots.0.iter().enumerate() {
+        let Some(m) = m else { continue };
+        let mut name = dev_name(m.dev.path());
+        if !used.insert(name.clone()) {
+            name = format!("{name}.{slot}");
+            used.insert(name.clone());
+        }
+        let dirname = format!("dev-{name}");
+        let dir = fs.create_dir(&md, &dirname, 0o755)?;
+        let dev_state_store = |data: &[u8]| -> Result<usize, Errno> {
+            let w = word(data);
+            if DEV_STATE_WORDS.iter().any(|k| k.as_bytes() == w) {
+                // Member state changes (failure, removal, re-add) arrive
+                // with the failure protocol; the array is read-only.
+                Err(libc::EBUSY)
+            } else {
+                Err(libc::EINVAL)
+            }
+        };
+        let st_node = fs.create_attr(
+            &dir,
+            "state",
+            RW,
+            pre(Arc::new(FnAttr {
+                show: |out: &mut ShowBuf| line(out, format_args!("in_sync")),
+                store: dev_state_store,
+            })),
+        )?;
+        let slot_store = |data: &[u8]| -> Result<usize, Errno> {
+            if word(data) == b"none" {
+                return Err(libc::EBUSY);
+            }
+            parse_u64(data).and(Err(libc::EBUSY))
+        };
+        fs.create_attr(
+            &dir,
+            "slot",
+            RW,
+            plain(Arc::new(FnAttr {
+                show: move |out: &mut ShowBuf| line(out, format_args!("{slot}")),
+                store: slot_store,
+            })),
+        )?;
+        let offset = m.sb.data_offset;
+        fs.create_attr(
+            &dir,
+            "offset",
+            RW,
+            plain(Arc::new(FnAttr {
+                show: move |out: &mut ShowBuf| line(out, format_args!("{offset}")),
+                store: busy_number,
+            })),
+        )?;
+        let size_kib = m.sb.data_size / 2;
+        fs.create_attr(
+            &dir,
+            "size",
+            RW,
+            plain(Arc::new(FnAttr {
+                show: move |out: &mut ShowBuf| line(out, format_args!("{size_kib}")),
+                store: busy_number,
+            })),
+        )?;
+        let st = state.clone();
+        let st2 = state.clone();
+        fs.create_attr(
+            &dir,
+            "errors",
+            RW,
+            plain(Arc::new(FnAttr {
+                show: move |out: &mut ShowBuf| {
+                    let e = st.errors.get(slot).map_or(0, |e| e.load(Ordering::Relaxed));
+                    line(out, format_args!("{e}"))
+                },
+                store: move |data: &[u8]| {
+                    let v = u32::try_from(parse_u64(data)?).map_err(|_| libc::EINVAL)?;
+                    if let Some(e) = st2.errors.get(slot) {
+                        e.store(v, Ordering::Relaxed);
+                    }
+                    Ok(data.len())
+                },
+            })),
+        )?;
+        let rec = m.sb.recovery_offset;
+        let recovering = m.sb.has_feature(crate::superblock::feature::RECOVERY_OFFSET);
+        let recovery_store = |data: &[u8]| -> Result<usize, Errno> {
+            if word(data) == b"none" {
+                return Err(libc::EBUSY);
+            }
+            parse_u64(data).and(Err(libc::EBUSY))
+        };
+        fs.create_attr(
+            &dir,
+            "recovery_start",
+            RW,
+            plain(Arc::new(FnAttr {
+                show: move |out: &mut ShowBuf| {
+                    if recovering {
+                        line(out, format_args!("{rec}"))
+                    } else {
+                        line(out, format_args!("none"))
+                    }
+                },
+                store: recovery_store,
+            })),
+        )?;
+        // Linux links dev-*/block to the member's block device; umd links
+        // it to the member's path, which `umd detail` reads superblocks from.
+        let target = std::fs::canonicalize(m.dev.path()).unwrap_or_else(|_| m.dev.path().to_path_buf());
+        fs.create_symlink(&dir, "block", &target.to_string_lossy())?;
+        fs.create_symlink(&md, &format!("rd{slot}"), &dirname)?;
+        members[slot] = Some((dir, st_node));
+    }
+    fs.activate(&md);
+    Ok(MdSysfs { fs: fs.clone(), md_dir: md, array_state, sync_action, members: Mutex::new(members), state })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parsers() {
+        assert_eq!(parse_u64(b"123\n"), Ok(123));
+        assert_eq!(parse_u64(b"12a"), Err(libc::EINVAL));
+        assert_eq!(parse_u64(b""), Err(libc::EINVAL));
+        assert_eq!(parse_u64(b"99999999999999999999999"), Err(libc::EINVAL));
+        assert_eq!(parse_msec(b"0.200\n"), Ok(200));
+        assert_eq!(parse_msec(b"1.5"), Ok(1500));
+        assert_eq!(parse_msec(b"2"), Ok(2000));
+        assert_eq!(parse_msec(b".05"), Ok(50));
+        assert_eq!(parse_msec(b"0.2345"), Err(libc::EINVAL));
+        assert_eq!(parse_msec(b"x"), Err(libc::EINVAL));
+        assert_eq!(ArrayState::from_word(b"read-auto"), Some(ArrayState::ReadAuto));
+        assert_eq!(ArrayState::from_word(b"bogus"), None);
+    }
+
+    #[test]
+    fn dev_names() {
+        assert_eq!(dev_name(Path::new("/tmp/x/m0.img")), "m0.img");
+        assert_eq!(dev_name(Path::new("/dev/sdb")), "sdb");
+        assert_eq!(dev_name(Path::new("/tmp/a b:c")), "a_b_c");
+    }
+}
