@@ -11,7 +11,8 @@
 pub const KERNEL_VERSION: u32 = 7;
 /// Highest protocol minor version this server implements (7.28: `max_pages`
 /// in `fuse_init_out`; 7.35: `FOPEN_NOFLUSH`). Nothing between 7.28 and 7.35
-/// changes a structure this server exchanges.
+/// changes a structure this server exchanges. (`FUSE_POLL` and
+/// `FUSE_NOTIFY_POLL` date from 7.11, `FUSE_ATOMIC_O_TRUNC` from 7.9.)
 pub const KERNEL_MINOR_VERSION: u32 = 35;
 /// First minor version with `FOPEN_NOFLUSH`.
 pub const NOFLUSH_MINOR_VERSION: u32 = 35;
@@ -56,6 +57,7 @@ pub mod op {
     pub const CREATE: u32 = 35;
     pub const INTERRUPT: u32 = 36;
     pub const DESTROY: u32 = 38;
+    pub const POLL: u32 = 40;
     pub const BATCH_FORGET: u32 = 42;
     pub const FALLOCATE: u32 = 43;
     pub const RENAME2: u32 = 45;
@@ -65,6 +67,8 @@ pub mod op {
 
 /// `fuse_open_out.open_flags`.
 pub mod fopen {
+    /// Bypass the page cache: every read and write reaches the server.
+    pub const DIRECT_IO: u32 = 1 << 0;
     /// Don't send FLUSH when the file is closed.
     pub const NOFLUSH: u32 = 1 << 5;
 }
@@ -72,9 +76,36 @@ pub mod fopen {
 /// `FUSE_INIT` flags (`fuse_init_in.flags` / `fuse_init_out.flags`).
 pub mod init {
     pub const ASYNC_READ: u32 = 1 << 0;
+    /// `O_TRUNC` travels in OPEN's flags instead of a separate SETATTR.
+    pub const ATOMIC_O_TRUNC: u32 = 1 << 3;
     pub const BIG_WRITES: u32 = 1 << 5;
     pub const PARALLEL_DIROPS: u32 = 1 << 18;
     pub const MAX_PAGES: u32 = 1 << 22;
+}
+
+/// `fuse_setattr_in.valid` bits (`FATTR_*`).
+/// (`FATTR_MODE`, `FATTR_UID`, `FATTR_GID`, bits 0-2, are never accepted
+/// and need no name here.)
+pub mod fattr {
+    pub const SIZE: u32 = 1 << 3;
+    pub const ATIME: u32 = 1 << 4;
+    pub const MTIME: u32 = 1 << 5;
+    pub const FH: u32 = 1 << 6;
+    pub const ATIME_NOW: u32 = 1 << 7;
+    pub const MTIME_NOW: u32 = 1 << 8;
+    pub const LOCKOWNER: u32 = 1 << 9;
+    pub const CTIME: u32 = 1 << 10;
+    pub const KILL_SUIDGID: u32 = 1 << 11;
+}
+
+/// `fuse_poll_in.flags`: the kernel has a waiter and wants a
+/// `FUSE_NOTIFY_POLL` for `kh` when the file becomes ready.
+pub const POLL_SCHEDULE_NOTIFY: u32 = 1 << 0;
+
+/// Notification codes (`enum fuse_notify_code`), sent in the `error` field
+/// of an out header whose `unique` is 0.
+pub mod notify {
+    pub const POLL: i32 = 1;
 }
 
 /// `fuse_attr` size in bytes (protocol >= 7.9).
@@ -356,8 +387,8 @@ impl OpenIn {
 /// `struct fuse_read_in` (also the body of `FUSE_READDIR`).
 #[derive(Debug, Clone, Copy)]
 pub struct ReadIn {
-    /// File handle from OPEN/OPENDIR; always 0 here (no per-open state).
-    #[allow(dead_code)]
+    /// File handle from OPEN/OPENDIR: 0 for `data`, `null` and
+    /// directories, a slot of the open-file table for attributes.
     pub fh: u64,
     pub offset: u64,
     pub size: u32,
@@ -367,6 +398,101 @@ impl ReadIn {
     pub fn decode(body: &[u8]) -> Result<Self, Short> {
         let mut d = Decoder::new(body);
         Ok(ReadIn { fh: d.u64()?, offset: d.u64()?, size: d.u32()? })
+    }
+}
+
+/// `struct fuse_write_in`; the payload follows it in the request.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteIn {
+    pub fh: u64,
+    pub offset: u64,
+    pub size: u32,
+}
+
+impl WriteIn {
+    /// Decode the fixed part and return it with the payload (`size` bytes
+    /// right after the 40-byte structure, borrowed from `body`).
+    pub fn decode(body: &[u8]) -> Result<(Self, &[u8]), Short> {
+        let mut d = Decoder::new(body);
+        let w = WriteIn { fh: d.u64()?, offset: d.u64()?, size: d.u32()? };
+        d.u32()?; // write_flags
+        d.u64()?; // lock_owner
+        d.u32()?; // flags
+        d.u32()?; // padding
+        let payload = d.bytes(w.size as usize)?;
+        Ok((w, payload))
+    }
+}
+
+/// `struct fuse_write_out`.
+pub fn encode_write_out(out: &mut Vec<u8>, size: u32) {
+    put_u32(out, size);
+    put_u32(out, 0); // padding
+}
+
+/// The leading field of `struct fuse_release_in` (also `fuse_flush_in`).
+#[derive(Debug, Clone, Copy)]
+pub struct ReleaseIn {
+    pub fh: u64,
+}
+
+impl ReleaseIn {
+    pub fn decode(body: &[u8]) -> Result<Self, Short> {
+        Ok(ReleaseIn { fh: Decoder::new(body).u64()? })
+    }
+}
+
+/// `struct fuse_poll_in`.
+#[derive(Debug, Clone, Copy)]
+pub struct PollIn {
+    pub fh: u64,
+    /// The kernel's handle for the polled file, echoed in
+    /// `FUSE_NOTIFY_POLL`.
+    pub kh: u64,
+    pub flags: u32,
+}
+
+impl PollIn {
+    pub fn decode(body: &[u8]) -> Result<Self, Short> {
+        let mut d = Decoder::new(body);
+        Ok(PollIn { fh: d.u64()?, kh: d.u64()?, flags: d.u32()? })
+    }
+}
+
+/// `struct fuse_poll_out`.
+pub fn encode_poll_out(out: &mut Vec<u8>, revents: u32) {
+    put_u32(out, revents);
+    put_u32(out, 0); // padding
+}
+
+/// Size of a whole `FUSE_NOTIFY_POLL` message: out header +
+/// `fuse_notify_poll_wakeup_out`.
+pub const NOTIFY_POLL_SIZE: usize = OUT_HEADER_SIZE + 8;
+
+/// A complete `FUSE_NOTIFY_POLL` message for kernel handle `kh`.
+pub fn notify_poll_message(kh: u64) -> [u8; NOTIFY_POLL_SIZE] {
+    let mut m = [0u8; NOTIFY_POLL_SIZE];
+    m[..OUT_HEADER_SIZE].copy_from_slice(&out_header(NOTIFY_POLL_SIZE as u32, notify::POLL, 0));
+    m[OUT_HEADER_SIZE..].copy_from_slice(&kh.to_ne_bytes());
+    m
+}
+
+/// The fields of `struct fuse_setattr_in` this server looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct SetattrIn {
+    /// `FATTR_*` bits saying which fields are set.
+    pub valid: u32,
+    pub size: u64,
+}
+
+impl SetattrIn {
+    pub fn decode(body: &[u8]) -> Result<Self, Short> {
+        let mut d = Decoder::new(body);
+        let valid = d.u32()?;
+        d.u32()?; // padding
+        d.u64()?; // fh
+        let size = d.u64()?;
+        Ok(SetattrIn { valid, size })
     }
 }
 
@@ -456,6 +582,17 @@ mod tests {
         v.clear();
         encode_dirent(&mut v, 1, 1, 4, b"data");
         assert_eq!(v.len(), 32);
+        v.clear();
+        encode_write_out(&mut v, 5);
+        assert_eq!(v.len(), 8);
+        v.clear();
+        encode_poll_out(&mut v, 1);
+        assert_eq!(v.len(), 8);
+        let m = notify_poll_message(0x1122);
+        assert_eq!(&m[0..4], &24u32.to_ne_bytes());
+        assert_eq!(&m[4..8], &1i32.to_ne_bytes());
+        assert_eq!(&m[8..16], &0u64.to_ne_bytes());
+        assert_eq!(&m[16..24], &0x1122u64.to_ne_bytes());
         assert_eq!(dirent_size(1), 32);
         assert_eq!(dirent_size(8), 32);
         assert_eq!(dirent_size(9), 40);
@@ -478,6 +615,24 @@ mod tests {
         assert_eq!((h.len, h.opcode, h.unique, h.nodeid), (48, 3, 77, 1));
         assert_eq!((h.uid, h.gid, h.pid), (1, 2, 3));
         assert!(InHeader::decode(&b[..39]).is_err());
+    }
+
+    #[test]
+    fn write_in_borrows_payload() {
+        let mut b = Vec::new();
+        put_u64(&mut b, 9); // fh
+        put_u64(&mut b, 0); // offset
+        put_u32(&mut b, 5); // size
+        put_u32(&mut b, 0);
+        put_u64(&mut b, 0);
+        put_u32(&mut b, 0);
+        put_u32(&mut b, 0);
+        assert_eq!(b.len(), WRITE_IN_SIZE);
+        b.extend_from_slice(b"clean");
+        let (w, payload) = WriteIn::decode(&b).expect("write_in");
+        assert_eq!((w.fh, w.offset, w.size), (9, 0, 5));
+        assert_eq!(payload, b"clean");
+        assert!(WriteIn::decode(&b[..b.len() - 1]).is_err());
     }
 
     #[test]

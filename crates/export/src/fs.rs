@@ -1,32 +1,69 @@
-//! The filesystem: a fixed table of nodes and the handlers of every request
-//! after `FUSE_INIT`.
+//! The filesystem: the fixed nodes (root, `data`, optionally `null`), the
+//! attribute tree's nodes, and the handlers of every request after
+//! `FUSE_INIT`.
 //!
-//! Nodes are created once at mount and never freed, so a node id is simply
-//! an index into the table (plus one), `LOOKUP` does not count references and
-//! `FORGET` has nothing to release. New kinds of node (the attribute tree)
-//! are new [`NodeKind`] variants; new operations are new arms in
-//! [`Filesystem::handle`].
+//! Fixed nodes have fixed node ids (1, 2, 3). A node of the attribute tree
+//! has node id `kernfs id + TREE_INO_OFFSET`, except the tree's root, whose
+//! children appear in the FUSE root next to `data`. kernfs ids are never
+//! reused, so a node id never names two nodes; nothing is counted on
+//! LOOKUP and FORGET has nothing to release: every request resolves its
+//! node id afresh ([`kernfs::Kernfs::node`] sees only active nodes, so a
+//! removed node answers ENOENT). Attribute files opened through FUSE live
+//! in the mount's [`OpenTable`](crate::attrs::OpenTable), keyed by file
+//! handle.
 
 use std::io;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::abi::{self, op, Attr, InHeader, Short, Timeout};
+use kernfs::{NodeKind as KNodeKind, NodeRef, OpenFlags};
+
+use crate::abi::{self, fattr, op, Attr, InHeader, Short, Timeout};
+use crate::attrs::TreeState;
 use crate::ArrayFile;
 
 /// Node id of `DIR/data`.
 pub const DATA_ID: u64 = 2;
 /// Name of the array file in the root directory.
 pub const DATA_NAME: &[u8] = b"data";
+/// Node id of `DIR/null` (when enabled).
+pub const NULL_ID: u64 = 3;
+/// Name of the null file in the root directory.
+pub const NULL_NAME: &[u8] = b"null";
+/// Size of the null file: one page of zeros.
+pub const NULL_SIZE: usize = kernfs::PAGE_SIZE;
+/// Node id of kernfs node `id` (for `id` >= 2) is `id + TREE_INO_OFFSET`.
+pub const TREE_INO_OFFSET: u64 = 1024;
+
+/// The bytes of the null file.
+pub static ZEROS: [u8; NULL_SIZE] = [0; NULL_SIZE];
 
 /// `st_blksize` reported for every node: a hint for the I/O size readers
 /// should use, matching the largest read this server answers in one go.
 const BLKSIZE: u32 = 128 * 1024;
-/// How long the kernel may cache names and attributes.
+/// How long the kernel may cache names and attributes of the fixed nodes,
+/// and attributes of tree nodes.
 const TTL: Timeout = Timeout { secs: 1, nsecs: 0 };
+/// How long the kernel may cache a tree node's name: not at all, so that
+/// every path walk asks again and a removed node is gone at once.
+const TREE_ENTRY_TTL: Timeout = Timeout { secs: 0, nsecs: 0 };
 /// Largest read reply the data buffer is grown to, should the kernel ever
 /// ask for more than was negotiated.
 const MAX_READ_REPLY: usize = 64 << 20;
+/// What a regular file without its own poll reports (the kernel's
+/// `DEFAULT_POLLMASK`).
+const DEFAULT_POLLMASK: u32 = (libc::POLLIN | libc::POLLOUT | libc::POLLRDNORM | libc::POLLWRNORM) as u32;
+/// SETATTR fields accepted on an attribute, as no-ops (truncation to 0 from
+/// `open(O_TRUNC)`/`truncate`, time updates), like sysfs.
+const ATTR_SETATTR_OK: u32 = fattr::SIZE
+    | fattr::ATIME
+    | fattr::MTIME
+    | fattr::ATIME_NOW
+    | fattr::MTIME_NOW
+    | fattr::CTIME
+    | fattr::FH
+    | fattr::LOCKOWNER
+    | fattr::KILL_SUIDGID;
 
 /// An errno to send back as the reply's error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +84,16 @@ impl Errno {
             _ => Errno(libc::EIO),
         }
     }
+
+    /// The errno from a kernfs operation (always positive there; anything
+    /// else becomes EIO).
+    pub fn from_kernfs(e: kernfs::Errno) -> Self {
+        if (1..512).contains(&e) {
+            Errno(e)
+        } else {
+            Errno(libc::EIO)
+        }
+    }
 }
 
 /// What a handler produced, besides an error.
@@ -58,6 +105,8 @@ pub enum Reply {
     Payload,
     /// Success; the reply body is the first `n` bytes of `ReplyBufs::data`.
     Data(usize),
+    /// Success; the reply body is `n` zero bytes (from [`ZEROS`]).
+    Zeros(usize),
 }
 
 /// A worker's reusable reply buffers.
@@ -75,31 +124,57 @@ impl ReplyBufs {
     }
 }
 
-/// What a node is.
-enum NodeKind {
-    /// A directory and its entries (name, node id), in readdir order.
-    Dir { entries: Vec<(&'static [u8], u64)> },
-    /// The array itself, served by [`ArrayFile`].
-    ArrayData,
+/// What a node id names.
+enum Node {
+    /// The FUSE root: `data`, `null` and the tree root's children.
+    Root,
+    /// `DIR/data`, served by [`ArrayFile`].
+    Data,
+    /// `DIR/null`: a page of zeros.
+    Null,
+    /// A node of the attribute tree (never its root).
+    Tree(NodeRef),
 }
 
-struct Node {
-    parent: u64,
-    kind: NodeKind,
+/// `d_type` of a tree node.
+fn tree_dtype(kind: KNodeKind) -> u32 {
+    u32::from(match kind {
+        KNodeKind::Dir => libc::DT_DIR,
+        KNodeKind::Attr => libc::DT_REG,
+        KNodeKind::Symlink => libc::DT_LNK,
+    })
+}
+
+/// Node id of kernfs node `id`: the tree's root is the FUSE root.
+fn tree_ino(id: u64) -> u64 {
+    if id <= abi::ROOT_ID {
+        abi::ROOT_ID
+    } else {
+        id.saturating_add(TREE_INO_OFFSET)
+    }
+}
+
+/// Whether node id `ino` belongs to a (non-root) tree node.
+fn is_tree_ino(ino: u64) -> bool {
+    ino >= TREE_INO_OFFSET + 2
 }
 
 /// Everything a worker needs to answer requests; shared by all workers.
 pub struct Filesystem {
     file: Arc<dyn ArrayFile>,
     read_only: bool,
-    /// `open_flags` of every OPEN reply.
+    /// Whether `DIR/null` exists.
+    null_file: bool,
+    /// The attribute tree and its open files, if one is served.
+    tree: Option<Arc<TreeState>>,
+    /// `open_flags` of OPEN replies for `data`.
     open_flags: u32,
+    /// `open_flags` of OPEN replies for attributes and `null`.
+    direct_open_flags: u32,
     uid: u32,
     gid: u32,
     /// atime = mtime = ctime of every node: the mount time.
     time: (u64, u32),
-    /// Index `i` holds node id `i + 1`.
-    nodes: Vec<Node>,
 }
 
 impl Filesystem {
@@ -107,23 +182,64 @@ impl Filesystem {
     /// speaking protocol minor version `minor`.
     pub fn new(file: Arc<dyn ArrayFile>, read_only: bool, uid: u32, gid: u32, minor: u32) -> Self {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        let nodes = vec![
-            Node { parent: abi::ROOT_ID, kind: NodeKind::Dir { entries: vec![(DATA_NAME, DATA_ID)] } },
-            Node { parent: abi::ROOT_ID, kind: NodeKind::ArrayData },
-        ];
-        // Closing the file needs no round trip to this server: nothing is
+        // Closing a file needs no round trip to this server: nothing is
         // buffered and there are no locks. It also means a process that
         // reads its own mount cannot hang at exit in FLUSH once its workers
         // are gone.
         let open_flags = if minor >= abi::NOFLUSH_MINOR_VERSION { abi::fopen::NOFLUSH } else { 0 };
-        Filesystem { file, read_only, open_flags, uid, gid, time: (now.as_secs(), now.subsec_nanos()), nodes }
+        Filesystem {
+            file,
+            read_only,
+            null_file: false,
+            tree: None,
+            open_flags,
+            // Attributes are generated on every read at offset 0, like
+            // sysfs: no page cache. FOPEN_NONSEEKABLE is not set: readers
+            // lseek(0) and read again.
+            direct_open_flags: open_flags | abi::fopen::DIRECT_IO,
+            uid,
+            gid,
+            time: (now.as_secs(), now.subsec_nanos()),
+        }
     }
 
-    fn node(&self, id: u64) -> Result<&Node, Errno> {
-        id.checked_sub(1)
-            .and_then(|i| usize::try_from(i).ok())
-            .and_then(|i| self.nodes.get(i))
-            .ok_or(Errno(libc::ENOENT))
+    /// Also serve `tree`'s root children in the root directory.
+    pub fn with_tree(mut self, tree: Arc<TreeState>) -> Self {
+        self.tree = Some(tree);
+        self
+    }
+
+    /// Also serve `DIR/null`.
+    pub fn with_null_file(mut self, on: bool) -> Self {
+        self.null_file = on;
+        self
+    }
+
+    /// Whether an attribute tree is served.
+    pub fn has_tree(&self) -> bool {
+        self.tree.is_some()
+    }
+
+    fn tree(&self) -> Result<&TreeState, Errno> {
+        self.tree.as_deref().ok_or(Errno(libc::ENOENT))
+    }
+
+    fn node(&self, ino: u64) -> Result<Node, Errno> {
+        match ino {
+            abi::ROOT_ID => Ok(Node::Root),
+            DATA_ID => Ok(Node::Data),
+            NULL_ID if self.null_file => Ok(Node::Null),
+            _ if is_tree_ino(ino) => {
+                let t = self.tree()?;
+                t.tree.node(ino - TREE_INO_OFFSET).map(Node::Tree).ok_or(Errno(libc::ENOENT))
+            }
+            _ => Err(Errno(libc::ENOENT)),
+        }
+    }
+
+    /// Whether a root child of the tree is hidden by a fixed node's name.
+    fn shadowed(&self, name: &[u8]) -> bool {
+        name == DATA_NAME || (self.null_file && name == NULL_NAME)
     }
 
     /// The errno for an operation that would modify the filesystem.
@@ -136,10 +252,19 @@ impl Filesystem {
         }
     }
 
-    fn attr(&self, id: u64, node: &Node) -> Attr {
+    /// Number of subdirectories of a tree directory (for `st_nlink`).
+    fn tree_subdirs(&self, dir: &NodeRef) -> u32 {
+        let Some(t) = self.tree.as_deref() else { return 0 };
+        t.tree
+            .readdir(dir)
+            .map(|c| c.iter().filter(|n| n.kind() == KNodeKind::Dir).count())
+            .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX - 2))
+    }
+
+    fn attr(&self, ino: u64, node: &Node) -> Attr {
         let (secs, nsecs) = self.time;
         let mut a = Attr {
-            ino: id,
+            ino,
             atime: secs,
             mtime: secs,
             ctime: secs,
@@ -149,26 +274,39 @@ impl Filesystem {
             uid: self.uid,
             gid: self.gid,
             blksize: BLKSIZE,
+            nlink: 1,
             ..Attr::default()
         };
-        match &node.kind {
-            NodeKind::Dir { entries } => {
-                let subdirs = entries
-                    .iter()
-                    .filter(|(_, child)| {
-                        matches!(self.node(*child).map(|n| &n.kind), Ok(NodeKind::Dir { .. }))
-                    })
-                    .count();
+        match node {
+            Node::Root => {
+                let subdirs = self.tree.as_deref().map_or(0, |t| self.tree_subdirs(&t.tree.root()));
                 a.mode = libc::S_IFDIR | if self.read_only { 0o555 } else { 0o755 };
-                a.nlink = 2 + u32::try_from(subdirs).unwrap_or(0);
+                a.nlink = 2 + subdirs;
             }
-            NodeKind::ArrayData => {
+            Node::Data => {
                 let size = self.file.size();
                 a.mode = libc::S_IFREG | if self.read_only { 0o444 } else { 0o644 };
-                a.nlink = 1;
                 a.size = size;
                 a.blocks = size.div_ceil(512);
             }
+            Node::Null => {
+                a.mode = libc::S_IFREG | 0o444;
+                a.size = NULL_SIZE as u64;
+            }
+            Node::Tree(n) => match n.kind() {
+                KNodeKind::Dir => {
+                    a.mode = libc::S_IFDIR | n.mode();
+                    a.nlink = 2 + self.tree_subdirs(n);
+                }
+                KNodeKind::Attr => {
+                    a.mode = libc::S_IFREG | n.mode();
+                    a.size = n.size_hint();
+                }
+                KNodeKind::Symlink => {
+                    a.mode = libc::S_IFLNK | 0o777;
+                    a.size = n.symlink_target().map_or(0, |t| t.len() as u64);
+                }
+            },
         }
         a
     }
@@ -182,29 +320,48 @@ impl Filesystem {
             op::LOOKUP => self.lookup(h.nodeid, body, &mut bufs.out),
             op::GETATTR => {
                 let node = self.node(h.nodeid)?;
-                abi::encode_attr_out(&mut bufs.out, TTL, &self.attr(h.nodeid, node));
+                abi::encode_attr_out(&mut bufs.out, TTL, &self.attr(h.nodeid, &node));
                 Ok(Reply::Payload)
             }
-            op::SETATTR => {
-                self.node(h.nodeid)?;
-                Err(self.no_write())
-            }
+            op::SETATTR => self.setattr(h.nodeid, body, &mut bufs.out),
             op::OPEN => self.open(h.nodeid, body, &mut bufs.out),
-            op::OPENDIR => match self.node(h.nodeid)?.kind {
-                NodeKind::Dir { .. } => {
-                    abi::encode_open_out(&mut bufs.out, 0, 0);
+            op::OPENDIR => match self.node(h.nodeid)? {
+                Node::Root => Ok(()),
+                Node::Tree(n) if n.kind() == KNodeKind::Dir => Ok(()),
+                _ => Err(Errno(libc::ENOTDIR)),
+            }
+            .map(|()| {
+                abi::encode_open_out(&mut bufs.out, 0, 0);
+                Reply::Payload
+            }),
+            op::READ => self.read(h.nodeid, body, &mut bufs.data),
+            op::WRITE => self.write(h.nodeid, body, &mut bufs.out),
+            op::POLL => self.poll(h.nodeid, body, &mut bufs.out),
+            op::RELEASE => {
+                if is_tree_ino(h.nodeid) {
+                    let fh = abi::ReleaseIn::decode(body)?.fh;
+                    // Dropped here, outside the table's locks: closes the
+                    // kernfs file unless a request still in flight holds
+                    // it (then that request's end does).
+                    drop(self.tree()?.opens.remove(fh));
+                }
+                Ok(Reply::Payload)
+            }
+            op::READDIR => self.readdir(h.nodeid, body, &mut bufs.out),
+            op::READLINK => match self.node(h.nodeid)? {
+                Node::Tree(n) => {
+                    let target = n.symlink_target().ok_or(Errno(libc::EINVAL))?;
+                    bufs.out.extend_from_slice(target.as_bytes());
                     Ok(Reply::Payload)
                 }
-                _ => Err(Errno(libc::ENOTDIR)),
+                _ => Err(Errno(libc::EINVAL)),
             },
-            op::READ => self.read(h.nodeid, body, &mut bufs.data),
-            op::READDIR => self.readdir(h.nodeid, body, &mut bufs.out),
-            op::FLUSH | op::RELEASE | op::RELEASEDIR | op::FSYNC | op::FSYNCDIR => Ok(Reply::Payload),
+            op::FLUSH | op::RELEASEDIR | op::FSYNC | op::FSYNCDIR => Ok(Reply::Payload),
             op::STATFS => {
                 let size = self.file.size();
                 abi::Kstatfs {
                     blocks: size.div_ceil(u64::from(BLKSIZE)),
-                    files: self.nodes.len() as u64,
+                    files: if self.null_file { 3 } else { 2 },
                     bsize: BLKSIZE,
                     frsize: BLKSIZE,
                     namelen: 255,
@@ -214,16 +371,24 @@ impl Filesystem {
                 Ok(Reply::Payload)
             }
             op::ACCESS => {
-                self.node(h.nodeid)?;
+                let node = self.node(h.nodeid)?;
                 let mask = abi::AccessIn::decode(body)?.mask;
-                if mask & (libc::W_OK as u32) != 0 && self.read_only {
-                    Err(Errno(libc::EROFS))
-                } else {
-                    Ok(Reply::Payload)
+                if mask & (libc::W_OK as u32) == 0 {
+                    return Ok(Reply::Payload);
+                }
+                match node {
+                    Node::Tree(n) if n.kind() == KNodeKind::Attr => {
+                        if n.mode() & 0o222 == 0 {
+                            Err(Errno(libc::EACCES))
+                        } else {
+                            Ok(Reply::Payload)
+                        }
+                    }
+                    _ if self.read_only => Err(Errno(libc::EROFS)),
+                    _ => Ok(Reply::Payload),
                 }
             }
-            op::WRITE
-            | op::MKNOD
+            op::MKNOD
             | op::MKDIR
             | op::SYMLINK
             | op::UNLINK
@@ -238,48 +403,116 @@ impl Filesystem {
             op::DESTROY => Ok(Reply::Payload),
             // A second INIT is a protocol violation.
             op::INIT => Err(Errno(libc::EPROTO)),
-            // No symlinks and no extended attributes. ENOSYS makes the
-            // kernel stop sending xattr requests (callers get EOPNOTSUPP).
-            op::READLINK | op::GETXATTR | op::LISTXATTR | op::SETXATTR | op::REMOVEXATTR => {
-                Err(Errno(libc::ENOSYS))
-            }
-            // Locks, ioctl, poll, lseek, bmap, ...: ENOSYS too, which tells
-            // the kernel to fall back to its local behaviour where it has one.
+            // No extended attributes. ENOSYS makes the kernel stop sending
+            // xattr requests (callers get EOPNOTSUPP).
+            op::GETXATTR | op::LISTXATTR | op::SETXATTR | op::REMOVEXATTR => Err(Errno(libc::ENOSYS)),
+            // Locks, ioctl, lseek, bmap, ...: ENOSYS too, which tells the
+            // kernel to fall back to its local behaviour where it has one.
             _ => Err(Errno(libc::ENOSYS)),
         }
     }
 
     fn lookup(&self, parent: u64, body: &[u8], out: &mut Vec<u8>) -> Result<Reply, Errno> {
         let name = abi::Decoder::new(body).cstr()?;
-        let NodeKind::Dir { entries } = &self.node(parent)?.kind else {
-            return Err(Errno(libc::ENOTDIR));
+        let dir = match self.node(parent)? {
+            Node::Root if name == DATA_NAME => return Ok(self.entry(DATA_ID, &Node::Data, out)),
+            Node::Root if self.null_file && name == NULL_NAME => {
+                return Ok(self.entry(NULL_ID, &Node::Null, out))
+            }
+            Node::Root => match &self.tree {
+                Some(t) => t.tree.root(),
+                None => return Err(Errno(libc::ENOENT)),
+            },
+            Node::Tree(n) if n.kind() == KNodeKind::Dir => n,
+            _ => return Err(Errno(libc::ENOTDIR)),
         };
-        let id = entries.iter().find(|(n, _)| *n == name).map(|&(_, id)| id).ok_or(Errno(libc::ENOENT))?;
-        let attr = self.attr(id, self.node(id)?);
-        abi::encode_entry_out(out, id, 0, TTL, TTL, &attr);
-        Ok(Reply::Payload)
+        let name = std::str::from_utf8(name).map_err(|_| Errno(libc::ENOENT))?;
+        let child = self.tree()?.tree.lookup(&dir, name).ok_or(Errno(libc::ENOENT))?;
+        Ok(self.entry(tree_ino(child.id()), &Node::Tree(child), out))
     }
 
-    fn open(&self, id: u64, body: &[u8], out: &mut Vec<u8>) -> Result<Reply, Errno> {
+    fn entry(&self, ino: u64, node: &Node, out: &mut Vec<u8>) -> Reply {
+        let entry_ttl = if matches!(node, Node::Tree(_)) { TREE_ENTRY_TTL } else { TTL };
+        abi::encode_entry_out(out, ino, 0, entry_ttl, TTL, &self.attr(ino, node));
+        Reply::Payload
+    }
+
+    fn setattr(&self, ino: u64, body: &[u8], out: &mut Vec<u8>) -> Result<Reply, Errno> {
+        let node = self.node(ino)?;
+        match &node {
+            Node::Tree(n) if n.kind() == KNodeKind::Attr => {
+                let s = abi::SetattrIn::decode(body)?;
+                if s.valid & !ATTR_SETATTR_OK != 0 || (s.valid & fattr::SIZE != 0 && s.size != 0) {
+                    return Err(Errno(libc::EROFS));
+                }
+                abi::encode_attr_out(out, TTL, &self.attr(ino, &node));
+                Ok(Reply::Payload)
+            }
+            _ => Err(self.no_write()),
+        }
+    }
+
+    fn open(&self, ino: u64, body: &[u8], out: &mut Vec<u8>) -> Result<Reply, Errno> {
         let flags = abi::OpenIn::decode(body)?.flags as i32;
-        match self.node(id)?.kind {
-            NodeKind::ArrayData => {}
-            NodeKind::Dir { .. } => return Err(Errno(libc::EISDIR)),
-        }
-        if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
-            return Err(self.no_write());
-        }
-        // No FOPEN_KEEP_CACHE (the page cache is dropped on each open) and
-        // no FOPEN_DIRECT_IO (reads go through the page cache).
-        abi::encode_open_out(out, 0, self.open_flags);
+        let read_only_open = flags & libc::O_ACCMODE == libc::O_RDONLY && flags & libc::O_TRUNC == 0;
+        let (fh, open_flags) = match self.node(ino)? {
+            Node::Root => return Err(Errno(libc::EISDIR)),
+            Node::Data | Node::Null if !read_only_open => return Err(self.no_write()),
+            // No FOPEN_KEEP_CACHE (the page cache is dropped on each open)
+            // and no FOPEN_DIRECT_IO (reads go through the page cache).
+            Node::Data => (0, self.open_flags),
+            Node::Null => (0, self.direct_open_flags),
+            Node::Tree(n) => {
+                match n.kind() {
+                    KNodeKind::Dir => return Err(Errno(libc::EISDIR)),
+                    KNodeKind::Symlink => return Err(Errno(libc::ELOOP)),
+                    KNodeKind::Attr => {}
+                }
+                let (read, write) = match flags & libc::O_ACCMODE {
+                    libc::O_RDONLY => (true, false),
+                    libc::O_WRONLY => (false, true),
+                    libc::O_RDWR => (true, true),
+                    _ => return Err(Errno(libc::EINVAL)),
+                };
+                // As kernfs_fop_open: no writing a file without write bits
+                // (nor reading one without read bits), whoever asks. O_TRUNC
+                // is ignored, as sysfs does.
+                if (write && n.mode() & 0o222 == 0) || (read && n.mode() & 0o444 == 0) {
+                    return Err(Errno(libc::EACCES));
+                }
+                let file = n.open(OpenFlags { read, write }).map_err(Errno::from_kernfs)?;
+                (self.tree()?.opens.insert(file)?, self.direct_open_flags)
+            }
+        };
+        abi::encode_open_out(out, fh, open_flags);
         Ok(Reply::Payload)
     }
 
-    fn read(&self, id: u64, body: &[u8], data: &mut Vec<u8>) -> Result<Reply, Errno> {
+    /// The open attribute file behind (`ino`, `fh`).
+    fn open_file(&self, ino: u64, fh: u64) -> Result<Arc<kernfs::OpenFile>, Errno> {
+        let file = self.tree()?.opens.get(fh)?;
+        if tree_ino(file.node().id()) != ino {
+            return Err(Errno(libc::EBADF));
+        }
+        Ok(file)
+    }
+
+    fn read(&self, ino: u64, body: &[u8], data: &mut Vec<u8>) -> Result<Reply, Errno> {
         let r = abi::ReadIn::decode(body)?;
-        match self.node(id)?.kind {
-            NodeKind::ArrayData => {}
-            NodeKind::Dir { .. } => return Err(Errno(libc::EISDIR)),
+        match ino {
+            DATA_ID => {}
+            NULL_ID if self.null_file => {
+                let n = NULL_SIZE.saturating_sub(usize::try_from(r.offset).unwrap_or(usize::MAX));
+                return Ok(Reply::Zeros(n.min(r.size as usize)));
+            }
+            _ if is_tree_ino(ino) => {
+                let file = self.open_file(ino, r.fh)?;
+                let n = (r.size as usize).min(data.len());
+                let got = file.read(r.offset, &mut data[..n]).map_err(Errno::from_kernfs)?;
+                return Ok(Reply::Data(got));
+            }
+            abi::ROOT_ID => return Err(Errno(libc::EISDIR)),
+            _ => return Err(Errno(libc::ENOENT)),
         }
         let size = self.file.size();
         if r.offset >= size || r.size == 0 {
@@ -297,26 +530,76 @@ impl Filesystem {
         Ok(Reply::Data(n))
     }
 
-    fn readdir(&self, id: u64, body: &[u8], out: &mut Vec<u8>) -> Result<Reply, Errno> {
-        let r = abi::ReadIn::decode(body)?;
-        let node = self.node(id)?;
-        let NodeKind::Dir { entries } = &node.kind else {
-            return Err(Errno(libc::ENOTDIR));
+    /// WRITE: only attributes take writes. The payload is handed to
+    /// [`kernfs::OpenFile::write`] straight from the request buffer and the
+    /// reply is encoded into the worker's reply buffer: for a prealloc
+    /// attribute (and a `store` that does not allocate) this allocates
+    /// nothing.
+    fn write(&self, ino: u64, body: &[u8], out: &mut Vec<u8>) -> Result<Reply, Errno> {
+        if !is_tree_ino(ino) {
+            return Err(self.no_write());
+        }
+        let (w, payload) = abi::WriteIn::decode(body)?;
+        let file = self.open_file(ino, w.fh)?;
+        let n = file.write(w.offset, payload).map_err(Errno::from_kernfs)?;
+        // n <= payload.len() <= u32::MAX.
+        abi::encode_write_out(out, u32::try_from(n).unwrap_or(w.size));
+        Ok(Reply::Payload)
+    }
+
+    /// POLL. Never ENOSYS, which would switch poll off for the whole
+    /// connection.
+    fn poll(&self, ino: u64, body: &[u8], out: &mut Vec<u8>) -> Result<Reply, Errno> {
+        let p = abi::PollIn::decode(body)?;
+        let revents = if is_tree_ino(ino) {
+            let t = self.tree()?;
+            // Check that the handle is this node's before registering.
+            self.open_file(ino, p.fh)?;
+            let kh = (p.flags & abi::POLL_SCHEDULE_NOTIFY != 0).then_some(p.kh);
+            u32::from(t.opens.poll(p.fh, kh)? as u16)
+        } else {
+            DEFAULT_POLLMASK
         };
-        let dots: [(&[u8], u64); 2] = [(b".", id), (b"..", node.parent)];
-        let all = dots.iter().chain(entries.iter());
+        abi::encode_poll_out(out, revents);
+        Ok(Reply::Payload)
+    }
+
+    fn readdir(&self, ino: u64, body: &[u8], out: &mut Vec<u8>) -> Result<Reply, Errno> {
+        let r = abi::ReadIn::decode(body)?;
+        let dir_t = u32::from(libc::DT_DIR);
+        let reg_t = u32::from(libc::DT_REG);
+        let mut fixed: Vec<(&[u8], u64, u32)> = Vec::with_capacity(4);
+        let children = match self.node(ino)? {
+            Node::Root => {
+                fixed.extend([(&b"."[..], ino, dir_t), (b"..", ino, dir_t), (DATA_NAME, DATA_ID, reg_t)]);
+                if self.null_file {
+                    fixed.push((NULL_NAME, NULL_ID, reg_t));
+                }
+                match &self.tree {
+                    Some(t) => t.tree.readdir(&t.tree.root()).map_err(Errno::from_kernfs)?,
+                    None => Vec::new(),
+                }
+            }
+            Node::Tree(n) if n.kind() == KNodeKind::Dir => {
+                let parent = n.parent().map_or(abi::ROOT_ID, |p| tree_ino(p.id()));
+                fixed.extend([(&b"."[..], ino, dir_t), (b"..", parent, dir_t)]);
+                self.tree()?.tree.readdir(&n).map_err(Errno::from_kernfs)?
+            }
+            _ => return Err(Errno(libc::ENOTDIR)),
+        };
+        let in_root = ino == abi::ROOT_ID;
+        let tree_entries = children
+            .iter()
+            .filter(|c| !(in_root && self.shadowed(c.name().as_bytes())))
+            .map(|c| (c.name().as_bytes(), tree_ino(c.id()), tree_dtype(c.kind())));
         let limit = r.size as usize;
         // Offsets are 1-based positions: the entry at index i carries off
         // i + 1, which is where the next READDIR resumes.
         let skip = usize::try_from(r.offset).unwrap_or(usize::MAX);
-        for (i, &(name, child)) in all.enumerate().skip(skip) {
+        for (i, (name, child, typ)) in fixed.iter().copied().chain(tree_entries).enumerate().skip(skip) {
             if out.len() + abi::dirent_size(name.len()) > limit {
                 break;
             }
-            let typ = match self.node(child)?.kind {
-                NodeKind::Dir { .. } => u32::from(libc::DT_DIR),
-                NodeKind::ArrayData => u32::from(libc::DT_REG),
-            };
             abi::encode_dirent(out, child, i as u64 + 1, typ, name);
         }
         Ok(Reply::Payload)
@@ -404,5 +687,116 @@ mod tests {
         assert_eq!(Errno::from_io(&io::Error::other("x")), Errno(libc::EIO));
         assert_eq!(Errno::from_io(&io::Error::from_raw_os_error(libc::ENXIO)), Errno(libc::ENXIO));
         assert_eq!(Errno::from_io(&io::Error::from_raw_os_error(100_000)), Errno(libc::EIO));
+        assert_eq!(Errno::from_kernfs(libc::ENODEV), Errno(libc::ENODEV));
+        assert_eq!(Errno::from_kernfs(-5), Errno(libc::EIO));
+    }
+
+    struct Word(std::sync::atomic::AtomicU8);
+    impl kernfs::AttrOps for Word {
+        fn show(&self, out: &mut kernfs::ShowBuf) -> Result<(), kernfs::Errno> {
+            out.emit(format_args!("{}\n", self.0.load(std::sync::atomic::Ordering::Relaxed)))
+        }
+        fn store(&self, data: &[u8]) -> Result<usize, kernfs::Errno> {
+            match data {
+                [d @ b'0'..=b'9', ..] => self.0.store(d - b'0', std::sync::atomic::Ordering::Relaxed),
+                _ => return Err(libc::EINVAL),
+            }
+            Ok(data.len())
+        }
+    }
+
+    fn tree_fs() -> (Filesystem, Arc<kernfs::Kernfs>, kernfs::NodeRef) {
+        let tree = kernfs::Kernfs::new();
+        let md = tree.create_dir(&tree.root(), "md", 0o755).expect("md");
+        let a = tree
+            .create_attr(
+                &md,
+                "a",
+                0o644,
+                kernfs::Attr { prealloc: true, ..kernfs::Attr::new(Arc::new(Word(0.into()))) },
+            )
+            .expect("a");
+        tree.activate(&md);
+        let state = Arc::new(TreeState::new(tree.clone()));
+        (Filesystem::new(Arc::new(Zeros(4096)), true, 0, 0, 35).with_tree(state), tree, a)
+    }
+
+    fn entry_nodeid(out: &[u8]) -> u64 {
+        u64::from_ne_bytes(out[..8].try_into().expect("8 bytes"))
+    }
+
+    #[test]
+    fn tree_ops_by_handle() {
+        let (fs, _tree, a) = tree_fs();
+        let mut bufs = ReplyBufs::new(4096);
+        assert_eq!(fs.handle(&header(op::LOOKUP, abi::ROOT_ID), b"md\0", &mut bufs), Ok(Reply::Payload));
+        let md = entry_nodeid(&bufs.out);
+        // entry_valid 0 for tree nodes.
+        assert_eq!(&bufs.out[16..24], &0u64.to_ne_bytes());
+        assert_eq!(fs.handle(&header(op::LOOKUP, md), b"a\0", &mut bufs), Ok(Reply::Payload));
+        let ino = entry_nodeid(&bufs.out);
+        assert_eq!(ino, a.id() + TREE_INO_OFFSET);
+        // Open read-write, write, read back.
+        let mut body = Vec::new();
+        abi::put_u32(&mut body, (libc::O_RDWR | libc::O_TRUNC) as u32);
+        abi::put_u32(&mut body, 0);
+        assert_eq!(fs.handle(&header(op::OPEN, ino), &body, &mut bufs), Ok(Reply::Payload));
+        let fh = u64::from_ne_bytes(bufs.out[..8].try_into().expect("fh"));
+        let open_flags = u32::from_ne_bytes(bufs.out[8..12].try_into().expect("flags"));
+        assert_ne!(open_flags & abi::fopen::DIRECT_IO, 0);
+        let mut w = Vec::new();
+        abi::put_u64(&mut w, fh);
+        abi::put_u64(&mut w, 0);
+        abi::put_u32(&mut w, 2);
+        w.extend_from_slice(&[0u8; 20]);
+        w.extend_from_slice(b"7\n");
+        assert_eq!(fs.handle(&header(op::WRITE, ino), &w, &mut bufs), Ok(Reply::Payload));
+        assert_eq!(&bufs.out[..4], &2u32.to_ne_bytes());
+        let mut r = read_body(0, 100);
+        r[..8].copy_from_slice(&fh.to_ne_bytes());
+        assert_eq!(fs.handle(&header(op::READ, ino), &r, &mut bufs), Ok(Reply::Data(2)));
+        assert_eq!(&bufs.data[..2], b"7\n");
+        // Wrong handle for the node, or no handle.
+        assert_eq!(fs.handle(&header(op::READ, md), &r, &mut bufs), Err(Errno(libc::EBADF)));
+        assert_eq!(fs.handle(&header(op::READ, ino), &read_body(0, 100), &mut bufs), Err(Errno(libc::EBADF)));
+        // SETATTR: size 0 and times accepted, mode or other sizes refused.
+        let setattr = |valid: u32, size: u64| {
+            let mut b = Vec::new();
+            abi::put_u32(&mut b, valid);
+            abi::put_u32(&mut b, 0);
+            abi::put_u64(&mut b, 0);
+            abi::put_u64(&mut b, size);
+            b.extend_from_slice(&[0u8; 64]);
+            b
+        };
+        let h = header(op::SETATTR, ino);
+        assert_eq!(fs.handle(&h, &setattr(fattr::SIZE | fattr::MTIME, 0), &mut bufs), Ok(Reply::Payload));
+        assert_eq!(fs.handle(&h, &setattr(fattr::SIZE, 1), &mut bufs), Err(Errno(libc::EROFS)));
+        assert_eq!(fs.handle(&h, &setattr(1, 0), &mut bufs), Err(Errno(libc::EROFS)));
+        assert_eq!(
+            fs.handle(&header(op::SETATTR, DATA_ID), &setattr(0, 0), &mut bufs),
+            Err(Errno(libc::EROFS))
+        );
+        // POLL never answers ENOSYS.
+        let mut p = Vec::new();
+        abi::put_u64(&mut p, 0);
+        abi::put_u64(&mut p, 5);
+        abi::put_u32(&mut p, 0);
+        abi::put_u32(&mut p, 0);
+        assert_eq!(fs.handle(&header(op::POLL, DATA_ID), &p, &mut bufs), Ok(Reply::Payload));
+        p[..8].copy_from_slice(&fh.to_ne_bytes());
+        assert_eq!(fs.handle(&header(op::POLL, ino), &p, &mut bufs), Ok(Reply::Payload));
+        // Released: the handle is gone.
+        let mut rel = Vec::new();
+        abi::put_u64(&mut rel, fh);
+        rel.extend_from_slice(&[0u8; 16]);
+        assert_eq!(fs.handle(&header(op::RELEASE, ino), &rel, &mut bufs), Ok(Reply::Payload));
+        assert_eq!(fs.handle(&header(op::WRITE, ino), &w, &mut bufs), Err(Errno(libc::EBADF)));
+        // Unknown and root-of-tree node ids.
+        assert_eq!(
+            fs.handle(&header(op::GETATTR, TREE_INO_OFFSET + 1), &[], &mut bufs),
+            Err(Errno(libc::ENOENT))
+        );
+        assert_eq!(fs.handle(&header(op::GETATTR, NULL_ID), &[], &mut bufs), Err(Errno(libc::ENOENT)));
     }
 }

@@ -1,48 +1,90 @@
-//! # export — serve a block array as a file over FUSE
+//! # export — serve a block array and its attribute tree over FUSE
 //!
-//! [`mount`] puts a FUSE filesystem on a directory `DIR` whose only content
-//! today is `DIR/data`, a regular file whose bytes are those of an
-//! [`ArrayFile`] (in `umd`, an assembled md array). The server speaks the
-//! Linux FUSE kernel protocol directly on `/dev/fuse`: no libfuse, no FUSE
-//! crate.
+//! [`mount`] puts a FUSE filesystem on a directory `DIR` holding `DIR/data`,
+//! a regular file whose bytes are those of an [`ArrayFile`] (in `umd`, an
+//! assembled md array), and, when [`MountOptions::tree`] is given, the
+//! children of a [`kernfs`] attribute tree's root next to it (in `umd`,
+//! `DIR/md/...`). The server speaks the Linux FUSE kernel protocol directly
+//! on `/dev/fuse`: no libfuse, no FUSE crate.
 //!
 //! ## Responsibility boundary
-//! This crate owns everything between the kernel's FUSE connection and the
-//! [`ArrayFile`] trait: mounting and unmounting (`mount(2)` as root, the
-//! `fusermount3` helper otherwise), protocol negotiation, the worker threads
-//! and their device descriptors, the node table (inode numbers, attributes,
-//! directory listings) and the mapping of each request to a reply. It knows
-//! nothing of md: it only calls [`ArrayFile::size`] and
-//! [`ArrayFile::read_at`], with ranges already clamped to the size. It does
-//! not cache data (the kernel's page cache does) and does not print.
+//! This crate owns everything between the kernel's FUSE connection on one
+//! side and the [`ArrayFile`] trait and the [`kernfs`] API on the other:
+//! mounting and unmounting (`mount(2)` as root, the `fusermount3` helper
+//! otherwise), protocol negotiation, the worker threads and their device
+//! descriptors, the poll notifier thread, node ids (inode numbers),
+//! attributes, directory listings, the table of attribute files open
+//! through FUSE, and the mapping of each request to a reply. It knows
+//! nothing of md: it calls [`ArrayFile::size`] and [`ArrayFile::read_at`],
+//! with ranges already clamped to the size, and for the tree
+//! [`kernfs::Kernfs`]'s lookup/readdir/node and [`kernfs::Node::open`] plus
+//! the [`kernfs::OpenFile`] operations; what an attribute shows or accepts,
+//! and when it notifies, is the tree owner's business. It does not cache
+//! data (the kernel's page cache does, for `data` only) and does not print.
+//!
+//! Node ids: 1 the root, 2 `data`, 3 `null` (with
+//! [`MountOptions::null_file`]), and `kernfs id + 1024` for every other
+//! tree node (kernfs ids are never reused, so neither are these; the
+//! tree's root is the FUSE root). A tree child of the root named `data`
+//! (or `null`) is refused by [`mount`] and hidden if created later.
 //!
 //! Internally: `abi` holds the wire structures (decoded field by field from
 //! the byte buffer, never transmuted), `sys` the system calls, `fs` the node
-//! table and request handlers, `session` the INIT handshake, the worker
-//! loop and the unmount state. Further nodes (the attribute tree) become
-//! new node kinds in `fs`, further operations new arms of its dispatch.
+//! mapping and request handlers, `attrs` the open-attribute table and the
+//! notifier, `session` the INIT handshake, the worker loop and the unmount
+//! state.
 //!
 //! ## Protocol
 //! Targets FUSE protocol **7.35** and accepts kernels offering 7.23 or later
 //! (it replies with the smaller minor). From `FUSE_INIT` it asks for
-//! `FUSE_ASYNC_READ`, `FUSE_BIG_WRITES`, `FUSE_PARALLEL_DIROPS` and
-//! `FUSE_MAX_PAGES` when the kernel offers them, with `max_write` 1 MiB,
-//! `max_pages` = 1 MiB of pages (so reads of up to 1 MiB a request),
-//! `max_readahead` = min(kernel's, 1 MiB), `max_background` 64 and
-//! nanosecond time granularity. As the kernel offers at most its default
-//! readahead (128 KiB) in INIT, a root mount also raises the mount's
-//! `/sys/class/bdi/MAJ:MIN/read_ahead_kb` to 1 MiB (best effort) so that
-//! buffered sequential reads arrive as 1 MiB requests. READDIRPLUS is not
-//! advertised.
+//! `FUSE_ASYNC_READ`, `FUSE_ATOMIC_O_TRUNC`, `FUSE_BIG_WRITES`,
+//! `FUSE_PARALLEL_DIROPS` and `FUSE_MAX_PAGES` when the kernel offers them,
+//! with `max_write` 1 MiB, `max_pages` = 1 MiB of pages (so reads of up to
+//! 1 MiB a request), `max_readahead` = min(kernel's, 1 MiB),
+//! `max_background` 64 and nanosecond time granularity. As the kernel
+//! offers at most its default readahead (128 KiB) in INIT, a root mount
+//! also raises the mount's `/sys/class/bdi/MAJ:MIN/read_ahead_kb` to 1 MiB
+//! (best effort) so that buffered sequential reads arrive as 1 MiB
+//! requests. READDIRPLUS is not advertised.
 //!
-//! Handled: LOOKUP, FORGET, BATCH_FORGET, GETATTR, SETATTR, OPEN, READ,
-//! WRITE, FLUSH, RELEASE, FSYNC, OPENDIR, READDIR, RELEASEDIR, FSYNCDIR,
-//! STATFS, ACCESS, INTERRUPT (ignored: every request completes promptly),
-//! DESTROY. Modifying operations answer EROFS; everything else ENOSYS
-//! (xattrs, locks, poll, lseek, ...; the kernel then stops asking). With
-//! 7.35 or later OPEN replies `FOPEN_NOFLUSH`, so closing `data` costs no
-//! round trip, and a process reading its own mount cannot hang at exit in
-//! FLUSH after its workers are gone.
+//! Handled: LOOKUP, FORGET, BATCH_FORGET, GETATTR, SETATTR, READLINK, OPEN,
+//! READ, WRITE, FLUSH, RELEASE, FSYNC, OPENDIR, READDIR, RELEASEDIR,
+//! FSYNCDIR, STATFS, ACCESS, POLL, INTERRUPT (ignored: every request
+//! completes promptly), DESTROY. Creating, removing, renaming, linking,
+//! `chmod`/`chown` and resizing answer EROFS; everything else ENOSYS
+//! (xattrs, locks, lseek, ...; the kernel then stops asking). POLL is never
+//! ENOSYS (that would switch poll off for the whole connection): `data`,
+//! `null` and directories report the kernel's default mask.
+//!
+//! * `data`: read-only (OPEN for writing or with `O_TRUNC` is EROFS),
+//!   through the page cache. With 7.35 or later OPEN replies
+//!   `FOPEN_NOFLUSH`, so closing costs no round trip, and a process reading
+//!   its own mount cannot hang at exit in FLUSH after its workers are gone.
+//! * Attributes (mode `0100000 | kernfs mode`, size `PAGE_SIZE` like
+//!   sysfs): OPEN maps `O_ACCMODE` to [`kernfs::OpenFlags`], refuses with
+//!   EACCES a write open of a mode without write bits (a read open without
+//!   read bits), as kernfs does, ignores `O_TRUNC`, and replies a file
+//!   handle with `FOPEN_DIRECT_IO` (and `FOPEN_NOFLUSH`) so that every read
+//!   and write reaches the server; the file stays seekable (readers
+//!   `lseek(0)` and read again). READ and WRITE go to
+//!   [`kernfs::OpenFile::read`]/[`write`](kernfs::OpenFile::write) at the
+//!   request's offset, their errors (ENODEV once the node is removed,
+//!   EINVAL, E2BIG, ...) to the caller. SETATTR of an attribute accepts size
+//!   0 and time updates as no-ops (truncation from `open(O_TRUNC)` without
+//!   `FUSE_ATOMIC_O_TRUNC`, or `truncate(2)`), like sysfs. RELEASE closes the
+//!   kernfs file. POLL answers [`kernfs::OpenFile::poll`] and, when the
+//!   kernel asks (`FUSE_POLL_SCHEDULE_NOTIFY`), registers its handle for a
+//!   `FUSE_NOTIFY_POLL` (see below).
+//! * Directories `0040000 | mode`, symlinks `0120000 | 0777` (READLINK
+//!   answers the target). Tree nodes are looked up with an entry timeout of
+//!   0, so a removed node is ENOENT at the next path walk; attributes are
+//!   cached for 1 s.
+//! * `null` (optional): one page of zeros, read-only, `FOPEN_DIRECT_IO`,
+//!   answered from a static page: the cheapest possible READ, a baseline
+//!   for attribute reads in benchmarks.
+//!
+//! With a tree, the mount itself is not `MS_RDONLY` (attributes take
+//! writes); without one it is, as before.
 //!
 //! ## Synchronization model
 //! * `threads` worker threads. Worker 0 reads the session descriptor
@@ -50,36 +92,72 @@
 //!   (`FUSE_DEV_IOC_CLONE` on a fresh `/dev/fuse` descriptor). All of them
 //!   draw requests from the one queue of the connection, and each writes
 //!   the reply to the descriptor it read the request from. `FUSE_INIT` is
-//!   answered by [`mount`] itself before any worker starts, so the mount is
-//!   usable when `mount` returns.
+//!   answered by [`mount`] itself before any worker starts, and [`mount`]
+//!   returns once every thread has allocated its buffers, so the mount is
+//!   usable (and serving allocates nothing more) when `mount` returns.
 //! * Each worker owns its buffers, allocated once when it starts: a
 //!   request buffer (1 MiB + 4 KiB, enough for a maximal WRITE) and reply
 //!   buffers. A READ reply is `writev(header, data)` with the data read by
-//!   [`ArrayFile::read_at`] straight into the worker's data buffer.
+//!   [`ArrayFile::read_at`] or [`kernfs::OpenFile::read`] straight into the
+//!   worker's data buffer. A WRITE's payload is handed to
+//!   [`kernfs::OpenFile::write`] as a slice of the request buffer and the
+//!   reply encoded into the reply buffer: for an attribute opened with a
+//!   prealloc buffer (and a `store` that does not allocate), nothing is
+//!   allocated between reading the request and writing the reply. (A
+//!   thread's first kernfs notify registers it with the epoch collector;
+//!   each worker does that at start on a private tree, see `attrs`.)
 //! * Descriptors are non-blocking; a worker `poll`s its descriptor together
 //!   with a shared stop `eventfd`, then reads (EAGAIN means another worker
 //!   took the request). A worker ends when the read reports ENODEV (the
 //!   filesystem was unmounted or the connection aborted) or when the stop
 //!   signal is raised.
-//! * Shared, read-only after mount: the `Filesystem` (node table,
-//!   `Arc<dyn ArrayFile>`), behind an `Arc`. Shared and mutable: the unmount
-//!   state (`Mutex<bool>`, held while unmounting so that concurrent
-//!   [`Unmounter::unmount`] calls wait for the first) and the stop
-//!   `eventfd`. That mutex is the only lock; no code takes another lock
-//!   while holding it, so there is no lock order. [`ArrayFile`] methods are
-//!   called concurrently from all workers, without any lock.
+//! * With a tree, one **notifier thread** (`umd-fuse-notify`) serves no
+//!   request. It sleeps in [`kernfs::Kernfs::wait_notify`] (at most 250 ms,
+//!   then looks at the stop signal); after every change of the notify
+//!   generation it collects, slot by slot, the poll registrations whose
+//!   file now reports `POLLPRI` (changed since its last offset-0 read, or
+//!   removed) into an array allocated when it started, dropping them, and
+//!   only then, holding no lock, writes one `FUSE_NOTIFY_POLL(kh)` per
+//!   handle to its own duplicate of the session descriptor. The kernel
+//!   wakes the poller, which polls again (a new FUSE_POLL, registering
+//!   again if it still waits). A worker registers a handle and computes the
+//!   poll bits under the same slot mutex, so a notify is either seen by
+//!   that poll or by the notifier's next scan: no wakeup is lost. A node's
+//!   removal drains its open files and bumps the generation, so pollers of
+//!   removed attributes are woken too.
+//! * Shared, read-only after mount: the `Filesystem` (node mapping,
+//!   `Arc<dyn ArrayFile>`, the tree), behind an `Arc`. Shared and mutable:
+//!   the open-attribute table (a fixed array of [`MAX_OPEN_ATTRS`] slots,
+//!   each behind its own mutex, plus a free-list mutex; OPEN beyond answers
+//!   ENFILE), the unmount state (`Mutex<bool>`, held while unmounting so
+//!   that concurrent [`Unmounter::unmount`] calls wait for the first) and
+//!   the stop signal (`eventfd` plus flag). Lock order: a table slot mutex
+//!   and the free-list mutex are never held together; under a slot mutex
+//!   only the lock-free [`kernfs::OpenFile::poll`] is called; every other
+//!   kernfs call (open, read, write, release, lookup, readdir) and every
+//!   write to `/dev/fuse` happens with none of this crate's locks held, so
+//!   kernfs's own lock order is the only one that matters below them. The
+//!   unmount mutex is taken alone. A released file whose request is still
+//!   in flight is closed when that request ends (the table holds an
+//!   `Arc`). [`ArrayFile`] methods are called concurrently from all
+//!   workers, without any lock.
 //! * Shutdown: [`Unmounter::unmount`] detaches the mount, then raises the
-//!   stop signal. Workers finish the request in hand and exit; when the
-//!   last device descriptor closes the kernel aborts the connection, so a
-//!   file still open on the detached mount gets ENOTCONN rather than
-//!   keeping the server alive. [`Mount::wait`] joins the workers and, if
-//!   the mount is still on `DIR` (the connection was aborted, or a worker
-//!   failed), detaches it.
+//!   stop signal. Workers finish the request in hand and exit, the notifier
+//!   within 250 ms; when the last device descriptor closes the kernel
+//!   aborts the connection (waking pollers with an error), so a file still
+//!   open on the detached mount gets ENOTCONN rather than keeping the
+//!   server alive. [`Mount::wait`] joins the workers, raises the stop signal
+//!   itself (the workers may have ended because the connection went away),
+//!   joins the notifier and, if the mount is still on `DIR` (the connection
+//!   was aborted, or a worker failed), detaches it. Attribute files still
+//!   open then are closed (kernfs `release`) when the last thread drops the
+//!   table.
 
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod abi;
+mod attrs;
 mod fs;
 mod session;
 mod sys;
@@ -115,8 +193,15 @@ pub trait ArrayFile: Send + Sync + 'static {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
 }
 
+/// Name of the optional null file (see [`MountOptions::null_file`]).
+pub const NULL_FILE: &str = "null";
+
+/// Most attribute files open at once through one mount; opening one more
+/// fails with ENFILE.
+pub const MAX_OPEN_ATTRS: usize = attrs::MAX_OPEN_ATTRS;
+
 /// How to mount.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct MountOptions {
     /// Number of worker threads serving requests (at least 1; 0 is taken
     /// as 1). Default 4.
@@ -130,12 +215,59 @@ pub struct MountOptions {
     /// Let users other than the mounter access the mount (`allow_other`;
     /// without root this needs `user_allow_other` in `/etc/fuse.conf`).
     pub allow_other: bool,
+    /// An attribute tree to serve: the children of its root appear in `DIR`
+    /// next to `data` (in `umd`, `DIR/md/...`). Its attributes are writable
+    /// as their modes say even though `data` stays read-only, so with a tree
+    /// the mount itself is not `MS_RDONLY`; creating, removing, renaming
+    /// or resizing anything still fails with EROFS. [`mount`] refuses a tree
+    /// whose root has an active child named `data` (or `null` with
+    /// [`null_file`](Self::null_file)); one created later is hidden.
+    pub tree: Option<Arc<kernfs::Kernfs>>,
+    /// Also serve `DIR/null`: a read-only file of one page of zeros, opened
+    /// with direct I/O like an attribute, so that every `pread` reaches the
+    /// server and does no work there. A baseline for benchmarks (`umd bench
+    /// kernfs`: attribute `pread` against null-file `pread`).
+    pub null_file: bool,
 }
 
+impl PartialEq for MountOptions {
+    /// Field by field; trees compare by identity.
+    fn eq(&self, other: &Self) -> bool {
+        self.threads == other.threads
+            && self.read_only == other.read_only
+            && self.fsname == other.fsname
+            && self.allow_other == other.allow_other
+            && self.null_file == other.null_file
+            && match (&self.tree, &other.tree) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
+    }
+}
+
+impl Eq for MountOptions {}
+
 impl Default for MountOptions {
-    /// Four threads, read-only, fsname `"umd"`, no `allow_other`.
+    /// Four threads, read-only, fsname `"umd"`, no `allow_other`, no tree,
+    /// no null file.
     fn default() -> Self {
-        MountOptions { threads: 4, read_only: true, fsname: "umd".to_string(), allow_other: false }
+        MountOptions {
+            threads: 4,
+            read_only: true,
+            fsname: "umd".to_string(),
+            allow_other: false,
+            tree: None,
+            null_file: false,
+        }
+    }
+}
+
+impl MountOptions {
+    /// Whether the mount itself is read-only (`MS_RDONLY`/`ro`): only
+    /// without a tree, whose attributes take writes.
+    fn mount_read_only(&self) -> bool {
+        self.read_only && self.tree.is_none()
     }
 }
 
@@ -146,6 +278,8 @@ impl Default for MountOptions {
 pub struct Mount {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<io::Result<()>>>,
+    /// The poll notifier, when a tree is served.
+    notifier: Option<JoinHandle<()>>,
     /// Set once `finish` ran: nothing left for `Drop` to do.
     finished: bool,
     /// What FUSE_INIT settled (for `Debug`).
@@ -214,6 +348,15 @@ impl Mount {
                 first.get_or_insert(e);
             }
         }
+        // The workers may have ended on their own (the connection went
+        // away): stop the notifier too. It looks at the signal at least
+        // every 250 ms.
+        self.shared.stop.raise();
+        if let Some(h) = self.notifier.take() {
+            if h.join().is_err() {
+                first.get_or_insert(io::Error::other("the FUSE poll notifier thread panicked"));
+            }
+        }
         let unmounted = self.shared.ensure_unmounted();
         // Whatever ended the workers, the unmount is done now: later
         // Unmounter calls have nothing to do.
@@ -277,14 +420,15 @@ fn mount_syscall(
     );
     let data = CString::new(data).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
-    if opts.read_only {
+    if opts.mount_read_only() {
         flags |= libc::MS_RDONLY;
     }
     sys::mount(fsname, dir, c"fuse.umd", flags, &data)?;
     Ok(dev)
 }
 
-/// Mount `file` as `dir/data` and start serving it.
+/// Mount `file` as `dir/data` (and [`MountOptions::tree`]'s root children
+/// next to it) and start serving it.
 ///
 /// `dir` must be an existing directory. As root this calls `mount(2)`
 /// directly; if that is not permitted (EPERM) it falls back to the setuid
@@ -297,6 +441,19 @@ pub fn mount(dir: &Path, file: Arc<dyn ArrayFile>, opts: MountOptions) -> io::Re
             "read-write export is not implemented yet".to_string(),
         ));
     }
+    if let Some(tree) = &opts.tree {
+        let root = tree.root();
+        for name in [DATA_FILE, NULL_FILE] {
+            if (name == DATA_FILE || opts.null_file) && tree.lookup(&root, name).is_some() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "the attribute tree's root has a child named {name:?}, which the mount serves itself"
+                    ),
+                ));
+            }
+        }
+    }
     let fsname = CString::new(opts.fsname.as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "fsname contains a NUL byte".to_string()))?;
     let dir = check_mount_point(dir)?;
@@ -305,7 +462,7 @@ pub fn mount(dir: &Path, file: Arc<dyn ArrayFile>, opts: MountOptions) -> io::Re
     let (session_dev, method) = match mount_syscall(&dir_c, &fsname, &opts) {
         Ok(dev) => (dev, Method::Syscall),
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-            let o = sys::fusermount_options(opts.read_only, &opts.fsname, opts.allow_other);
+            let o = sys::fusermount_options(opts.mount_read_only(), &opts.fsname, opts.allow_other);
             (sys::fusermount_mount(&dir, &o)?, Method::Fusermount)
         }
         Err(e) => {
@@ -324,8 +481,13 @@ pub fn mount(dir: &Path, file: Arc<dyn ArrayFile>, opts: MountOptions) -> io::Re
             return Err(e);
         }
     };
-    let mut mount =
-        Mount { shared: Arc::clone(&shared), workers: Vec::new(), finished: false, negotiated: None };
+    let mut mount = Mount {
+        shared: Arc::clone(&shared),
+        workers: Vec::new(),
+        notifier: None,
+        finished: false,
+        negotiated: None,
+    };
     // From here on, an early return drops `mount`, which unmounts and joins
     // whatever workers were started.
     if method == Method::Fusermount {
@@ -340,6 +502,12 @@ pub fn mount(dir: &Path, file: Arc<dyn ArrayFile>, opts: MountOptions) -> io::Re
     };
     mount.negotiated = Some(negotiated);
 
+    let tree = opts.tree.clone().map(|t| Arc::new(attrs::TreeState::new(t)));
+    let notifier_dev = match &tree {
+        Some(_) => Some(session_dev.try_clone()?),
+        None => None,
+    };
+
     let threads = opts.threads.max(1);
     let mut devs = Vec::with_capacity(threads);
     for _ in 1..threads {
@@ -352,11 +520,44 @@ pub fn mount(dir: &Path, file: Arc<dyn ArrayFile>, opts: MountOptions) -> io::Re
     }
 
     let (uid, gid) = sys::ids();
-    let fs = Arc::new(fs::Filesystem::new(file, opts.read_only, uid, gid, negotiated.minor));
+    let mut fs =
+        fs::Filesystem::new(file, opts.read_only, uid, gid, negotiated.minor).with_null_file(opts.null_file);
+    if let Some(t) = &tree {
+        fs = fs.with_tree(Arc::clone(t));
+    }
+    let fs = Arc::new(fs);
+    // Every thread reports once it has allocated its buffers; `mount`
+    // returns after all of them did (or died trying), so that serving
+    // requests allocates nothing from then on.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let mut starting = 0usize;
+    if let (Some(state), Some(dev)) = (tree, notifier_dev) {
+        let notifier = attrs::Notifier { dev, state, ready: Some(ready_tx.clone()) };
+        let sh = Arc::clone(&shared);
+        let handle = std::thread::Builder::new()
+            .name("umd-fuse-notify".to_string())
+            .spawn(move || notifier.run(&sh.stop))?;
+        mount.notifier = Some(handle);
+        starting += 1;
+    }
     for (i, dev) in devs.into_iter().enumerate() {
-        let worker = Worker { dev, fs: Arc::clone(&fs), shared: Arc::clone(&shared), negotiated };
+        let worker = Worker {
+            dev,
+            fs: Arc::clone(&fs),
+            shared: Arc::clone(&shared),
+            negotiated,
+            ready: Some(ready_tx.clone()),
+        };
         let handle = std::thread::Builder::new().name(format!("umd-fuse-{i}")).spawn(move || worker.run())?;
         mount.workers.push(handle);
+        starting += 1;
+    }
+    drop(ready_tx);
+    for _ in 0..starting {
+        // Err: every sender is gone, a thread died before reporting.
+        if ready_rx.recv().is_err() {
+            break;
+        }
     }
     Ok(mount)
 }

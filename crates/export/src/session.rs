@@ -8,7 +8,7 @@ use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::AsFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::abi::{self, init, op, InHeader, InitIn, InitOut};
@@ -22,7 +22,8 @@ const DEFAULT_MAX_PAGES: usize = 32;
 /// How long `mount` waits for the kernel's FUSE_INIT.
 const INIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Flags this server asks for, if the kernel offers them.
-const WANTED_FLAGS: u32 = init::ASYNC_READ | init::BIG_WRITES | init::PARALLEL_DIROPS | init::MAX_PAGES;
+const WANTED_FLAGS: u32 =
+    init::ASYNC_READ | init::ATOMIC_O_TRUNC | init::BIG_WRITES | init::PARALLEL_DIROPS | init::MAX_PAGES;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The guarded data stays consistent even if a holder panicked.
@@ -270,14 +271,23 @@ pub struct Worker {
     pub fs: Arc<Filesystem>,
     pub shared: Arc<Shared>,
     pub negotiated: Negotiated,
+    /// Signalled (then dropped) once the worker's buffers are allocated:
+    /// [`crate::mount`] returns only after every thread has done so.
+    pub ready: Option<mpsc::Sender<()>>,
 }
 
 impl Worker {
     /// Serve until the connection ends or the stop signal is raised. A fatal
     /// error raises the stop signal too, so the other workers follow.
-    pub fn run(self) -> io::Result<()> {
+    pub fn run(mut self) -> io::Result<()> {
+        if self.fs.has_tree() {
+            crate::attrs::prime_thread();
+        }
         let mut req = vec![0u8; self.negotiated.request_buffer_size()];
         let mut bufs = ReplyBufs::new(self.negotiated.max_read.max(MAX_IO));
+        if let Some(ready) = self.ready.take() {
+            let _ = ready.send(());
+        }
         let r = self.serve(&mut req, &mut bufs);
         if r.is_err() {
             self.shared.stop.raise();
@@ -320,6 +330,7 @@ impl Worker {
             Ok(Reply::None) => Ok(()),
             Ok(Reply::Payload) => send(&self.dev, h.unique, 0, &bufs.out),
             Ok(Reply::Data(n)) => send(&self.dev, h.unique, 0, &bufs.data[..n]),
+            Ok(Reply::Zeros(n)) => send(&self.dev, h.unique, 0, &crate::fs::ZEROS[..n]),
             Err(Errno(e)) => send(&self.dev, h.unique, -e, &[]),
         }
     }

@@ -281,6 +281,9 @@ fn recv_fd(sock: &UnixStream) -> io::Result<Option<OwnedFd>> {
 /// once written, stays readable forever because nobody reads it.
 pub struct StopSignal {
     fd: File,
+    /// Set with the eventfd, for threads that sleep elsewhere (the
+    /// notifier) and look at the signal between sleeps.
+    raised: std::sync::atomic::AtomicBool,
 }
 
 impl StopSignal {
@@ -290,11 +293,17 @@ impl StopSignal {
         let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
         // SAFETY: eventfd just returned this descriptor; nothing else owns it.
         let fd = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-        Ok(StopSignal { fd })
+        Ok(StopSignal { fd, raised: std::sync::atomic::AtomicBool::new(false) })
+    }
+
+    /// Whether [`raise`](Self::raise) was called.
+    pub fn is_raised(&self) -> bool {
+        self.raised.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Make the signal readable; idempotent.
     pub fn raise(&self) {
+        self.raised.store(true, std::sync::atomic::Ordering::Release);
         // Can only fail with EAGAIN once the counter is near overflow, which
         // still leaves it readable.
         let _ = (&self.fd).write(&1u64.to_ne_bytes());

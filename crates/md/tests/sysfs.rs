@@ -146,6 +146,8 @@ fn stores_keep_read_only_semantics_and_garbage_changes_nothing() {
     assert_eq!(read(&fs, "md/safe_mode_delay"), "0.500\n");
     assert_eq!(write(&fs, &format!("md/{dev}/errors"), b"3\n"), Ok(2));
     assert_eq!(read(&fs, &format!("md/{dev}/errors")), "3\n");
+    // Longer than a page: refused whole.
+    assert_eq!(write(&fs, "md/array_state", &[b'x'; 5000]), Err(libc::E2BIG));
     // Read-only attributes.
     assert_eq!(write(&fs, "md/degraded", b"0\n"), Err(libc::EACCES));
 }

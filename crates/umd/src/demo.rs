@@ -116,10 +116,19 @@ pub fn run(dir: Option<PathBuf>, keep: bool, member_mib: u64) -> CmdResult {
         mnt.display()
     );
     let asm = assemble(&members, &AssembleOptions::default())?;
+    // md's attribute tree beside the data: DIR/md/.
+    let tree = kernfs::Kernfs::new();
+    let sysfs = md::sysfs::publish(&tree, &tree.root(), &asm.array, true)
+        .map_err(|e| CliError(format!("publishing md attributes: {}", std::io::Error::from_raw_os_error(e))))?;
     let mount = export::mount(
         &mnt,
         Arc::new(crate::mount::ArrayAdapter(asm.array)),
-        export::MountOptions { threads: 2, read_only: true, fsname: "umd:demo".into(), allow_other: false },
+        export::MountOptions {
+            threads: 2,
+            fsname: "umd:demo".into(),
+            tree: Some(tree.clone()),
+            ..Default::default()
+        },
     )
     .map_err(|e| CliError(format!("{}: mount failed: {e}", mnt.display())))?;
     let check = (|| -> Result<u64, CliError> {
@@ -139,10 +148,15 @@ pub fn run(dir: Option<PathBuf>, keep: bool, member_mib: u64) -> CmdResult {
         if v.offset != size {
             return Err(CliError(format!("FUSE read: {} bytes, expected {size}", v.offset)));
         }
+        let state = std::fs::read_to_string(mnt.join("md/array_state"))?;
+        println!("   {}/md/array_state: {}", mnt.display(), state.trim_end());
+        println!("   umd detail {}:", mnt.display());
+        crate::detail::run(&mnt, false)?;
         Ok(v.offset)
     })();
     mount.unmounter().unmount();
     mount.wait().map_err(|e| CliError(format!("unmount: {e}")))?;
+    drop(sysfs);
     let n = check?;
     println!("   ok: {n} bytes read through FUSE match; unmounted");
     if keep {

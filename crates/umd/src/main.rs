@@ -10,6 +10,7 @@
 //! Every error is one line on stderr, `umd: MEMBER: reason`, and a non-zero
 //! exit status.
 
+mod alloc_count;
 mod bench;
 mod demo;
 mod detail;
@@ -22,6 +23,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static GLOBAL: alloc_count::Counting = alloc_count::Counting;
 
 /// Linux md software RAID, in userspace.
 #[derive(Parser, Debug)]
@@ -101,7 +105,7 @@ enum Command {
     },
     /// Run a benchmark against its baseline, side by side.
     Bench {
-        /// Which benchmark: extract.
+        /// Which benchmark: extract, kernfs.
         name: String,
         /// One JSON object per figure per line.
         #[arg(long)]

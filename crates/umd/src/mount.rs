@@ -220,11 +220,28 @@ fn serve(array: Array, degraded: bool, dir: &Path, o: &Options, ready_fd: Option
     let level = array.personality.geometry().level;
     let name = array.sb.name();
     let uuid = md::superblock::format_uuid(&array.sb.set_uuid);
+    // md's attribute tree, served as DIR/md/.
+    let tree = kernfs::Kernfs::new();
+    let sysfs = match md::sysfs::publish(&tree, &tree.root(), &array, true) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            let msg = format!("{}: publishing md attributes failed: {}", dir.display(), io::Error::from_raw_os_error(e));
+            write_ready(ready_fd, &format!("err {msg}\n"));
+            return Err(CliError(msg));
+        }
+    };
+    if std::env::var_os("UMD_TEST_HOOKS").is_some_and(|v| v == "1") {
+        if let Err(e) = add_test_hooks(&tree, &sysfs) {
+            eprintln!("umd: warning: test hooks unavailable: errno {e}");
+        }
+    }
     let opts = export::MountOptions {
         threads: o.threads.clamp(1, 64),
         read_only: true,
         fsname: format!("umd:{name}"),
         allow_other: o.allow_other,
+        tree: Some(tree.clone()),
+        null_file: false,
     };
     let mount = match export::mount(dir, Arc::new(ArrayAdapter(array)), opts) {
         Ok(m) => m,
@@ -269,6 +286,7 @@ fn serve(array: Array, degraded: bool, dir: &Path, o: &Options, ready_fd: Option
         let _ = io::stdout().flush();
     }
     let r = mount.wait();
+    drop(sysfs);
     let _ = std::fs::remove_file(&pidf);
     if ready_fd.is_some() {
         // A daemon's log that stayed empty says nothing worth keeping.
@@ -278,6 +296,41 @@ fn serve(array: Array, degraded: bool, dir: &Path, o: &Options, ready_fd: Option
         }
     }
     r.map_err(|e| CliError(format!("{}: {e}", dir.display())))
+}
+
+/// With `UMD_TEST_HOOKS=1` in the environment, `umd assemble` adds a
+/// write-only attribute `DIR/umd-test-hook` that drives changes md's own
+/// machinery will make later (so tests can observe notify/poll and member
+/// removal over the real mount): `array_state WORD` sets md/array_state and
+/// notifies; `remove SLOT` removes md/dev-*/ of that slot as md does when a
+/// member leaves the array. Never present without the variable.
+fn add_test_hooks(tree: &Arc<kernfs::Kernfs>, sysfs: &Arc<md::sysfs::MdSysfs>) -> Result<(), kernfs::Errno> {
+    struct Hook(Arc<md::sysfs::MdSysfs>);
+    impl kernfs::AttrOps for Hook {
+        fn show(&self, _out: &mut kernfs::ShowBuf) -> Result<(), kernfs::Errno> {
+            Err(libc::EACCES)
+        }
+        fn store(&self, data: &[u8]) -> Result<usize, kernfs::Errno> {
+            let text = std::str::from_utf8(data).map_err(|_| libc::EINVAL)?.trim();
+            let (cmd, arg) = text.split_once(' ').ok_or(libc::EINVAL)?;
+            match cmd {
+                "array_state" => {
+                    let s = md::sysfs::ArrayState::from_word(arg.as_bytes()).ok_or(libc::EINVAL)?;
+                    self.0.set_array_state(s);
+                }
+                "remove" => {
+                    let slot: usize = arg.parse().map_err(|_| libc::EINVAL)?;
+                    self.0.remove_member(slot)?;
+                }
+                _ => return Err(libc::EINVAL),
+            }
+            Ok(data.len())
+        }
+    }
+    let attr = kernfs::Attr { ops: Arc::new(Hook(sysfs.clone())), prealloc: false, atomic_write_len: 0, seq: false, notify: false };
+    let node = tree.create_attr(&tree.root(), "umd-test-hook", 0o200, attr)?;
+    tree.activate(&node);
+    Ok(())
 }
 
 /// Runs `umd stop DIR`.

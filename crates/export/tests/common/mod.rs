@@ -134,7 +134,7 @@ pub fn mounts_line(dir: &Path) -> Option<String> {
 
 /// Default test options.
 pub fn options() -> MountOptions {
-    MountOptions { threads: 4, read_only: true, fsname: "umd:test".to_string(), allow_other: false }
+    MountOptions { threads: 4, fsname: "umd:test".to_string(), ..MountOptions::default() }
 }
 
 /// Mount `file` on `dir` with `opts`.
@@ -217,4 +217,144 @@ pub fn check_pattern(offset: u64, buf: &[u8]) {
             pattern(offset + i as u64)
         );
     }
+}
+
+/// An attribute whose value is one of a fixed list of words (index in an
+/// atomic); `store` accepts exactly those words (one trailing newline
+/// allowed), notifies when `notify` is set, and allocates nothing.
+pub struct WordAttr {
+    pub words: &'static [&'static str],
+    pub cur: std::sync::atomic::AtomicUsize,
+    pub notify: bool,
+    /// The attribute's node, for `notify` (set once it exists).
+    pub node: std::sync::OnceLock<std::sync::Weak<kernfs::Node>>,
+}
+
+impl WordAttr {
+    pub fn new(words: &'static [&'static str], notify: bool) -> Arc<Self> {
+        Arc::new(WordAttr { words, cur: AtomicUsize::new(0), notify, node: std::sync::OnceLock::new() })
+    }
+
+    /// The current word.
+    pub fn get(&self) -> &'static str {
+        self.words[self.cur.load(Ordering::SeqCst)]
+    }
+
+    /// Set the value in process, as the array would, and notify.
+    pub fn set(&self, word: &str) {
+        let i = self.words.iter().position(|w| *w == word).expect("known word");
+        self.cur.store(i, Ordering::SeqCst);
+        self.notify_node();
+    }
+
+    fn notify_node(&self) {
+        if self.notify {
+            if let Some(n) = self.node.get().and_then(std::sync::Weak::upgrade) {
+                n.notify();
+            }
+        }
+    }
+}
+
+impl kernfs::AttrOps for WordAttr {
+    fn show(&self, out: &mut kernfs::ShowBuf) -> Result<(), kernfs::Errno> {
+        out.emit(format_args!("{}\n", self.get()))
+    }
+    fn store(&self, data: &[u8]) -> Result<usize, kernfs::Errno> {
+        let word = data.strip_suffix(b"\n").unwrap_or(data);
+        let i = self.words.iter().position(|w| w.as_bytes() == word).ok_or(libc::EINVAL)?;
+        self.cur.store(i, Ordering::SeqCst);
+        self.notify_node();
+        Ok(data.len())
+    }
+}
+
+/// An attribute holding up to 64 arbitrary bytes (non-prealloc by default).
+pub struct BytesAttr(pub std::sync::Mutex<Vec<u8>>);
+
+impl kernfs::AttrOps for BytesAttr {
+    fn show(&self, out: &mut kernfs::ShowBuf) -> Result<(), kernfs::Errno> {
+        let v = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        out.push_bytes(&v)?;
+        out.push_bytes(b"\n")
+    }
+    fn store(&self, data: &[u8]) -> Result<usize, kernfs::Errno> {
+        let word = data.strip_suffix(b"\n").unwrap_or(data);
+        if word.len() > 64 {
+            return Err(libc::EINVAL);
+        }
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = word.to_vec();
+        Ok(data.len())
+    }
+}
+
+/// The test tree:
+///
+/// ```text
+/// md/                   0755
+///   array_state         0644 prealloc, notifies; readonly|clean|active
+///   sync_action         0644 idle|frozen (not prealloc)
+///   bytes               0644 any value (not prealloc)
+///   awl                 0644 atomic_write_len 8
+///   level               0444 raid5
+///   link -> dev-x
+///   dev-x/              0755
+///     state             0644 in_sync|faulty, notifies
+/// ```
+pub struct TestTree {
+    pub tree: Arc<kernfs::Kernfs>,
+    pub md: kernfs::NodeRef,
+    pub array_state: Arc<WordAttr>,
+    pub array_state_node: kernfs::NodeRef,
+    pub sync_action: Arc<WordAttr>,
+    pub bytes: Arc<BytesAttr>,
+    pub awl: Arc<BytesAttr>,
+    pub dev_x: kernfs::NodeRef,
+    pub dev_state: Arc<WordAttr>,
+}
+
+pub fn test_tree() -> TestTree {
+    use kernfs::{Attr, Kernfs};
+    let tree = Kernfs::new();
+    let md = tree.create_dir(&tree.root(), "md", 0o755).expect("md");
+    let array_state = WordAttr::new(&["readonly", "clean", "active"], true);
+    let array_state_node = tree
+        .create_attr(
+            &md,
+            "array_state",
+            0o644,
+            Attr { prealloc: true, notify: true, ..Attr::new(array_state.clone()) },
+        )
+        .expect("array_state");
+    let _ = array_state.node.set(Arc::downgrade(&array_state_node));
+    let sync_action = WordAttr::new(&["idle", "frozen"], false);
+    tree.create_attr(&md, "sync_action", 0o644, Attr::new(sync_action.clone())).expect("sync_action");
+    let bytes = Arc::new(BytesAttr(std::sync::Mutex::new(b"0".to_vec())));
+    tree.create_attr(&md, "bytes", 0o644, Attr::new(bytes.clone())).expect("bytes");
+    let awl = Arc::new(BytesAttr(std::sync::Mutex::new(b"x".to_vec())));
+    tree.create_attr(&md, "awl", 0o644, Attr { atomic_write_len: 8, ..Attr::new(awl.clone()) }).expect("awl");
+    let level = WordAttr::new(&["raid5"], false);
+    tree.create_attr(&md, "level", 0o444, Attr::new(level)).expect("level");
+    tree.create_symlink(&md, "link", "dev-x").expect("link");
+    let dev_x = tree.create_dir(&md, "dev-x", 0o755).expect("dev-x");
+    let dev_state = WordAttr::new(&["in_sync", "faulty"], true);
+    let dev_state_node = tree
+        .create_attr(&dev_x, "state", 0o644, Attr { notify: true, ..Attr::new(dev_state.clone()) })
+        .expect("state");
+    let _ = dev_state.node.set(Arc::downgrade(&dev_state_node));
+    tree.activate(&md);
+    TestTree { tree, md, array_state, array_state_node, sync_action, bytes, awl, dev_x, dev_state }
+}
+
+/// Options with `tree`.
+pub fn tree_options(tree: &Arc<kernfs::Kernfs>) -> MountOptions {
+    MountOptions { tree: Some(Arc::clone(tree)), ..options() }
+}
+
+/// `poll(2)` one descriptor for `events`; returns (poll's result, revents).
+pub fn poll_fd(fd: std::os::fd::RawFd, events: i16, timeout_ms: i32) -> (i32, i16) {
+    let mut p = libc::pollfd { fd, events, revents: 0 };
+    // SAFETY: one live pollfd, count 1.
+    let r = unsafe { libc::poll(&mut p, 1, timeout_ms) };
+    (r, p.revents)
 }
