@@ -307,10 +307,20 @@ pub fn publish(fs: &Arc<Kernfs>, parent: &NodeRef, array: &Array, readonly: bool
     let md = fs.create_dir(parent, "md", 0o755)?;
     // Prealloc attributes take their write buffer at open: a store
     // allocates nothing (seed 000).
-    let pre =
-        |ops: Arc<dyn AttrOps>| Attr { ops, prealloc: true, atomic_write_len: kernfs::PAGE_SIZE, seq: false, notify: true };
-    let plain =
-        |ops: Arc<dyn AttrOps>| Attr { ops, prealloc: false, atomic_write_len: kernfs::PAGE_SIZE, seq: false, notify: false };
+    let pre = |ops: Arc<dyn AttrOps>| Attr {
+        ops,
+        prealloc: true,
+        atomic_write_len: kernfs::PAGE_SIZE,
+        seq: false,
+        notify: true,
+    };
+    let plain = |ops: Arc<dyn AttrOps>| Attr {
+        ops,
+        prealloc: false,
+        atomic_write_len: kernfs::PAGE_SIZE,
+        seq: false,
+        notify: false,
+    };
     let ro_value = |fs: &Arc<Kernfs>, dir: &NodeRef, name: &str, v: String| -> Result<NodeRef, Errno> {
         let ops = Arc::new(FnAttr {
             show: move |out: &mut ShowBuf| line(out, format_args!("{v}")),

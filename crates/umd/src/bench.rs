@@ -130,7 +130,14 @@ fn which(tool: &str) -> Option<PathBuf> {
 }
 
 /// One JSON figure line.
-fn figure(bench: &str, figure: &str, value: f64, unit: &str, baseline: Option<&str>, target: Option<&str>) -> String {
+fn figure(
+    bench: &str,
+    figure: &str,
+    value: f64,
+    unit: &str,
+    baseline: Option<&str>,
+    target: Option<&str>,
+) -> String {
     serde_json::json!({
         "bench": bench, "figure": figure, "value": (value * 1000.0).round() / 1000.0,
         "unit": unit, "baseline": baseline, "target": target,
@@ -145,13 +152,26 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 }
 
 fn kernfs_bench(json: bool, quick: bool, full: bool, dir: Option<PathBuf>) -> CmdResult {
-    let iters: u32 = if quick { 200_000 } else if full { 5_000_000 } else { 1_000_000 };
+    let iters: u32 = if quick {
+        200_000
+    } else if full {
+        5_000_000
+    } else {
+        1_000_000
+    };
     let inproc = kernfs::bench::run_inprocess_iters(&crate::alloc_count::allocations, iters);
     let fuse = fuse_attr_bench(quick, dir)?;
     let lines = [
         figure("kernfs", "show_ns", inproc.show_ns, "ns", None, Some("<= 100")),
         figure("kernfs", "store_prealloc_ns", inproc.store_prealloc_ns, "ns", None, Some("<= 100")),
-        figure("kernfs", "store_prealloc_allocs", inproc.store_prealloc_allocs as f64, "allocs/10000", None, Some("0")),
+        figure(
+            "kernfs",
+            "store_prealloc_allocs",
+            inproc.store_prealloc_allocs as f64,
+            "allocs/10000",
+            None,
+            Some("0"),
+        ),
         figure(
             "kernfs",
             "fuse_pread_ratio",
@@ -168,15 +188,16 @@ fn kernfs_bench(json: bool, quick: bool, full: bool, dir: Option<PathBuf>) -> Cm
             println!("{l}");
         }
     } else {
-        println!("bench kernfs ({iters} in-process iterations; FUSE: {} preads each, {} wake-ups)", fuse.preads, fuse.wakes);
+        println!(
+            "bench kernfs ({iters} in-process iterations; FUSE: {} preads each, {} wake-ups)",
+            fuse.preads, fuse.wakes
+        );
         println!("  show_ns               {:8.1} (target <= 100)", inproc.show_ns);
         println!("  store_prealloc_ns     {:8.1} (target <= 100)", inproc.store_prealloc_ns);
         println!("  store_prealloc_allocs {:8} per 10,000 stores (target 0)", inproc.store_prealloc_allocs);
         println!(
             "  fuse_pread_ratio      {:8.3} (attribute {:.0} ns / null file {:.0} ns; target <= 1.2)",
-            fuse.ratio,
-            fuse.attr_ns,
-            fuse.null_ns
+            fuse.ratio, fuse.attr_ns, fuse.null_ns
         );
         println!("  notify_wake_p50_us    {:8.1}", fuse.wake_p50_us);
         println!("  notify_wake_p99_us    {:8.1} (target <= 100)", fuse.wake_p99_us);

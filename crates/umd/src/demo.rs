@@ -118,8 +118,9 @@ pub fn run(dir: Option<PathBuf>, keep: bool, member_mib: u64) -> CmdResult {
     let asm = assemble(&members, &AssembleOptions::default())?;
     // md's attribute tree beside the data: DIR/md/.
     let tree = kernfs::Kernfs::new();
-    let sysfs = md::sysfs::publish(&tree, &tree.root(), &asm.array, true)
-        .map_err(|e| CliError(format!("publishing md attributes: {}", std::io::Error::from_raw_os_error(e))))?;
+    let sysfs = md::sysfs::publish(&tree, &tree.root(), &asm.array, true).map_err(|e| {
+        CliError(format!("publishing md attributes: {}", std::io::Error::from_raw_os_error(e)))
+    })?;
     let mount = export::mount(
         &mnt,
         Arc::new(crate::mount::ArrayAdapter(asm.array)),

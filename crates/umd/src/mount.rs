@@ -225,7 +225,11 @@ fn serve(array: Array, degraded: bool, dir: &Path, o: &Options, ready_fd: Option
     let sysfs = match md::sysfs::publish(&tree, &tree.root(), &array, true) {
         Ok(s) => Arc::new(s),
         Err(e) => {
-            let msg = format!("{}: publishing md attributes failed: {}", dir.display(), io::Error::from_raw_os_error(e));
+            let msg = format!(
+                "{}: publishing md attributes failed: {}",
+                dir.display(),
+                io::Error::from_raw_os_error(e)
+            );
             write_ready(ready_fd, &format!("err {msg}\n"));
             return Err(CliError(msg));
         }
@@ -327,7 +331,13 @@ fn add_test_hooks(tree: &Arc<kernfs::Kernfs>, sysfs: &Arc<md::sysfs::MdSysfs>) -
             Ok(data.len())
         }
     }
-    let attr = kernfs::Attr { ops: Arc::new(Hook(sysfs.clone())), prealloc: false, atomic_write_len: 0, seq: false, notify: false };
+    let attr = kernfs::Attr {
+        ops: Arc::new(Hook(sysfs.clone())),
+        prealloc: false,
+        atomic_write_len: 0,
+        seq: false,
+        notify: false,
+    };
     let node = tree.create_attr(&tree.root(), "umd-test-hook", 0o200, attr)?;
     tree.activate(&node);
     Ok(())

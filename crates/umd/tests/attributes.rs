@@ -159,11 +159,7 @@ fn detail_agrees_with_mdadm_detail_of_the_same_array() {
         for (k, v) in &theirs {
             match k.as_str() {
                 "Creation Time" | "Update Time" => continue,
-                "Name" => assert_eq!(
-                    ours[k].split("  (").next(),
-                    v.split("  (").next(),
-                    "{name}: Name"
-                ),
+                "Name" => assert_eq!(ours[k].split("  (").next(), v.split("  (").next(), "{name}: Name"),
                 // md's raid0 shows its sysfs array_state word: ours is read-only.
                 "State" if name.starts_with("raid0") => assert_eq!(ours[k], "readonly", "{name}"),
                 // Recorded while the kernel held the array active (its event
