@@ -120,7 +120,10 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("kind", &self.kind).field("members", &self.shared.members.len()).finish()
+        f.debug_struct("Engine")
+            .field("kind", &self.kind)
+            .field("members", &self.shared.members.len())
+            .finish()
     }
 }
 
@@ -155,7 +158,9 @@ impl Engine {
         let depth = depth.clamp(1, 4096);
         let backend = match self.kind {
             EngineKind::Sync => Backend::Sync,
-            EngineKind::Uring => Backend::Uring(Box::new(crate::uring::UringQueue::new(&self.shared, depth)?)),
+            EngineKind::Uring => {
+                Backend::Uring(Box::new(crate::uring::UringQueue::new(&self.shared, depth)?))
+            }
         };
         Ok(Queue {
             shared: Arc::clone(&self.shared),
@@ -174,8 +179,10 @@ enum Backend {
 
 /// One thread's queue of I/O to an engine's members.
 pub struct Queue {
-    shared: Arc<Shared>,
+    /// Declared first so that it is dropped first: the ring goes before the
+    /// members and pool it registered (Drop drains it before either).
     backend: Backend,
+    shared: Arc<Shared>,
     depth: usize,
     /// Pushed, not yet submitted.
     pending: VecDeque<Op>,
@@ -224,8 +231,9 @@ impl Queue {
     /// Submit, then block until at least `min` completions (at most the
     /// number outstanding) are ready to [`pop`](Self::pop).
     pub fn wait(&mut self, min: usize) -> io::Result<()> {
-        self.submit()?;
         let min = min.min(self.outstanding());
+        // Each backend submits what is pending itself (io_uring: in the same
+        // io_uring_enter that waits).
         match &mut self.backend {
             Backend::Sync => {
                 while self.done.len() < min {
@@ -246,33 +254,34 @@ impl Queue {
 
     /// Run one op start to finish (other outstanding ops may complete too
     /// and stay queued). Fails with the op back when the queue is full.
+    /// Allocation-free but for descriptor slot misses.
     pub fn run(&mut self, op: Op) -> Result<Completion, Op> {
-        let tag = op.tag;
-        let buf_index = op.buf.index();
+        // Each outstanding op owns a distinct pool buffer: its index names
+        // the op.
+        let id = op.buf.index();
         self.push(op)?;
-        // Run until our op is done; other completions keep their order.
+        let mut failures = 0u32;
         loop {
-            if let Some(pos) = self.done.iter().position(|c| c.op.tag == tag && c.op.buf.index() == buf_index) {
-                // In capacity: removing never allocates.
+            if let Some(pos) = self.done.iter().position(|c| c.op.buf.index() == id) {
                 if let Some(c) = self.done.remove(pos) {
                     return Ok(c);
                 }
             }
             let want = self.done.len() + 1;
             if let Err(e) = self.wait(want) {
-                // The engine itself failed: report it on this op.
+                // The engine itself failed; an op not yet started completes
+                // with that error, one in flight is waited for again (the
+                // kernel owns its buffer), backing off after a while.
                 let errno = e.raw_os_error().unwrap_or(libc::EIO);
-                if let Some(pos) = self.pending.iter().position(|o| o.tag == tag && o.buf.index() == buf_index) {
+                if let Some(pos) = self.pending.iter().position(|o| o.buf.index() == id) {
                     if let Some(op) = self.pending.remove(pos) {
                         return Ok(Completion { op, result: Err(errno) });
                     }
                 }
-                if let Some(pos) = self.done.iter().position(|c| c.op.tag == tag && c.op.buf.index() == buf_index) {
-                    if let Some(c) = self.done.remove(pos) {
-                        return Ok(c);
-                    }
+                failures = failures.saturating_add(1);
+                if failures > 16 {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
                 }
-                // Still in flight in a broken ring: wait for it again.
             }
         }
     }

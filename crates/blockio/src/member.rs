@@ -14,9 +14,10 @@ use crate::dio::DioSlot;
 use crate::fault::Faults;
 
 /// How a member is opened.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Access {
     /// Read only: nothing this process does can change the member.
+    #[default]
     ReadOnly,
     /// Read and write.
     ReadWrite,
@@ -81,19 +82,15 @@ pub struct MemberOptions {
     pub faults: Option<Arc<Faults>>,
 }
 
-impl Default for Access {
-    fn default() -> Self {
-        Access::ReadOnly
-    }
-}
-
 /// The alignment rules of a member's engine I/O, discovered at open.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Alignment {
     /// Offsets and lengths must be multiples of this (the logical block
     /// size for direct I/O; 512, md's sector, for buffered I/O).
     pub offset: u32,
-    /// Buffer addresses must be multiples of this.
+    /// Buffer addresses must be multiples of this (the device's rule for
+    /// direct I/O; 512 for buffered I/O, the same as the smallest
+    /// direct-I/O device, so that code tested on tmpfs is right on disk).
     pub memory: u32,
 }
 
@@ -196,7 +193,10 @@ impl Member {
             Some(c) => c,
             None => {
                 let f = open(false).map_err(|e| annotate(path, e))?;
-                (f, IoMode::Buffered, Alignment { offset: SECTOR, memory: 1 })
+                // The kernel needs no alignment here, but the same rules as
+                // the smallest direct-I/O device keep code tested on tmpfs
+                // correct on disk.
+                (f, IoMode::Buffered, Alignment { offset: SECTOR, memory: SECTOR })
             }
         };
         let size = match kind {
@@ -272,7 +272,11 @@ impl Member {
             return Err(libc::EROFS);
         }
         let a = u64::from(self.align.offset);
-        if len == 0 || offset % a != 0 || len as u64 % a != 0 || addr % self.align.memory as usize != 0 {
+        if len == 0
+            || !offset.is_multiple_of(a)
+            || !(len as u64).is_multiple_of(a)
+            || !addr.is_multiple_of(self.align.memory as usize)
+        {
             return Err(libc::EINVAL);
         }
         match offset.checked_add(len as u64) {
@@ -284,11 +288,17 @@ impl Member {
     /// Reads exactly `buf.len()` bytes at byte `offset`.
     ///
     /// Fails with `UnexpectedEof` if the range reaches past the end of the
-    /// member. Any alignment on a buffered member. Allocation-free.
+    /// member. Any alignment on a buffered member. The fault injector, if
+    /// any, is consulted as for engine I/O (so is it by `write_all_at` and
+    /// `flush`). Allocation-free.
     pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let end = offset.checked_add(buf.len() as u64);
         if end.is_none_or(|e| e > self.size) {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of the member"));
+        }
+        if let Some(f) = &self.faults {
+            f.on_io(crate::OpKind::Read, &self.file, offset, buf.len())
+                .map_err(io::Error::from_raw_os_error)?;
         }
         self.file.read_exact_at(buf, offset)
     }
@@ -303,12 +313,23 @@ impl Member {
         if end.is_none_or(|e| e > self.size) {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "write past the end of the member"));
         }
+        if let Some(f) = &self.faults {
+            f.on_io(crate::OpKind::Write, &self.file, offset, buf.len())
+                .map_err(io::Error::from_raw_os_error)?;
+        }
         self.file.write_all_at(buf, offset)
     }
 
     /// Makes every completed write durable (`fdatasync`).
     pub fn flush(&self) -> io::Result<()> {
-        self.file.sync_data()
+        if let Some(f) = &self.faults {
+            f.on_flush().map_err(io::Error::from_raw_os_error)?;
+        }
+        self.file.sync_data()?;
+        if let Some(f) = &self.faults {
+            f.flushed();
+        }
+        Ok(())
     }
 }
 

@@ -16,10 +16,14 @@ use std::sync::Arc;
 
 use crossbeam_queue::ArrayQueue;
 
+/// Most buffers in a pool: io_uring's limit of fixed buffers per ring.
+pub const MAX_BUFFERS: usize = 16384;
+
 /// How to make a pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolConfig {
-    /// Number of buffers (1..=65536: fixed-buffer indexes are 16 bits).
+    /// Number of buffers (1..=16384: io_uring registers at most 16384
+    /// fixed buffers per ring).
     pub count: usize,
     /// Bytes per buffer, rounded up to the page size.
     pub size: usize,
@@ -89,10 +93,13 @@ impl BufPool {
     /// Map and fault in the pool's memory (so no page fault allocates
     /// later), and fill the free queue.
     pub fn new(cfg: PoolConfig) -> io::Result<BufPool> {
-        if cfg.count == 0 || cfg.count > 1 << 16 || cfg.size == 0 {
+        if cfg.count == 0 || cfg.count > MAX_BUFFERS || cfg.size == 0 || cfg.size > 1 << 30 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("buffer pool: count must be 1..=65536 and size > 0 (got {} × {})", cfg.count, cfg.size),
+                format!(
+                    "buffer pool: count must be 1..={MAX_BUFFERS} and size 1..=1 GiB (got {} × {})",
+                    cfg.count, cfg.size
+                ),
             ));
         }
         let page = page_size();
@@ -130,7 +137,7 @@ impl BufPool {
         let region = Region { base, len };
         let free = ArrayQueue::new(count);
         for i in 0..count {
-            // count <= 65536, so i fits in u16 after the range check below.
+            // count <= MAX_BUFFERS, so i fits in u16.
             let idx = u16::try_from(i).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
             if free.push(idx).is_err() {
                 return Err(io::Error::from_raw_os_error(libc::EINVAL));

@@ -21,7 +21,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use blockio::{Access, Member};
+use blockio::{Access, Direct, Member, MemberOptions};
 
 use crate::array::{Array, SlotMember, Slots};
 use crate::personality::{self, Geometry, Level};
@@ -39,6 +39,21 @@ pub struct AssembleOptions {
     /// Start a dirty *and* degraded parity array anyway (md refuses it:
     /// parity may disagree with data, so rebuilt blocks may be wrong).
     pub force: bool,
+    /// Fault injection (tests, `umd --faults`): an injector for the member
+    /// opened by this path, or (path `None`) for every member without one
+    /// of its own.
+    pub faults: Vec<(Option<PathBuf>, Arc<blockio::fault::Faults>)>,
+}
+
+impl AssembleOptions {
+    /// The injector for the member at `path`, if any.
+    fn faults_for(&self, path: &Path) -> Option<Arc<blockio::fault::Faults>> {
+        self.faults
+            .iter()
+            .find(|(p, _)| p.as_deref() == Some(path))
+            .or_else(|| self.faults.iter().find(|(p, _)| p.is_none()))
+            .map(|(_, f)| Arc::clone(f))
+    }
 }
 
 /// Why assembly failed: one line naming the member (when one is at fault)
@@ -102,8 +117,11 @@ pub fn assemble(paths: &[PathBuf], opts: &AssembleOptions) -> Result<Assembly, A
     }
     let mut cands = Vec::with_capacity(paths.len());
     for p in paths {
-        let dev =
-            Member::open(p, Access::ReadOnly).map_err(|e| member_err(p, strip_path(&e.to_string(), p)))?;
+        let dev = Member::open_with(
+            p,
+            &MemberOptions { access: Access::ReadOnly, direct: Direct::Never, faults: opts.faults_for(p) },
+        )
+        .map_err(|e| member_err(p, strip_path(&e.to_string(), p)))?;
         let found = superblock::load(&dev, None, true).map_err(|e| member_err(p, e.to_string()))?;
         check_features(p, &found)?;
         cands.push(Candidate { path: p.clone(), dev: Arc::new(dev), found });

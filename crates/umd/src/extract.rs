@@ -21,8 +21,14 @@ use crate::progress::Progress;
 use crate::{CliError, CmdResult};
 
 /// Runs `umd extract`.
-pub fn run(members: &[PathBuf], output: &Path, force: bool, threads: usize) -> CmdResult {
-    let asm = assemble(members, &AssembleOptions { force })?;
+pub fn run(
+    members: &[PathBuf],
+    output: &Path,
+    force: bool,
+    threads: usize,
+    faults: crate::faults::Injectors,
+) -> CmdResult {
+    let asm = assemble(members, &AssembleOptions { force, faults })?;
     for n in &asm.notes {
         eprintln!("umd: {n}");
     }

@@ -16,6 +16,7 @@ mod demo;
 mod detail;
 mod examine;
 mod extract;
+mod faults;
 mod mount;
 mod progress;
 
@@ -58,6 +59,13 @@ enum Command {
         /// Reader threads.
         #[arg(long, default_value_t = 2)]
         threads: usize,
+        /// Fault injection on every member's I/O (testing): a blockio fault
+        /// spec, e.g. `seed=7,read:p=0.01/eio` (grammar: `umd help-faults`).
+        #[arg(long, value_name = "SPEC")]
+        faults: Option<String>,
+        /// Fault injection on one member's I/O: MEMBER SPEC (repeatable).
+        #[arg(long, num_args = 2, value_names = ["MEMBER", "SPEC"])]
+        member_faults: Vec<String>,
         /// Member devices or image files.
         #[arg(required = true)]
         members: Vec<PathBuf>,
@@ -83,6 +91,13 @@ enum Command {
         /// Let users other than the mounting one read the mount.
         #[arg(long)]
         allow_other: bool,
+        /// Fault injection on every member's I/O (testing): a blockio fault
+        /// spec, e.g. `seed=7,read:p=0.01/eio` (grammar: `umd help-faults`).
+        #[arg(long, value_name = "SPEC")]
+        faults: Option<String>,
+        /// Fault injection on one member's I/O: MEMBER SPEC (repeatable).
+        #[arg(long, num_args = 2, value_names = ["MEMBER", "SPEC"])]
+        member_faults: Vec<String>,
         /// Member devices or image files.
         #[arg(required = true)]
         members: Vec<PathBuf>,
@@ -97,6 +112,8 @@ enum Command {
         /// Mount directory given to `umd assemble --mount`.
         dir: PathBuf,
     },
+    /// Print the grammar of fault specs (`--faults`, `--member-faults`).
+    HelpFaults,
     /// Stop the array served at DIR: unmount it and end its process.
     #[command(alias = "S")]
     Stop {
@@ -105,7 +122,7 @@ enum Command {
     },
     /// Run a benchmark against its baseline, side by side.
     Bench {
-        /// Which benchmark: extract, kernfs.
+        /// Which benchmark: extract, kernfs, blockio.
         name: String,
         /// One JSON object per figure per line.
         #[arg(long)]
@@ -116,8 +133,9 @@ enum Command {
         /// Longer run (more repetitions).
         #[arg(long)]
         full: bool,
-        /// Scratch directory (must be on tmpfs for the extract figure);
-        /// default /dev/shm.
+        /// Scratch directory: for extract and kernfs on tmpfs, default
+        /// /dev/shm; for blockio on the machine's disk (not tmpfs), default
+        /// /var/tmp.
         #[arg(long)]
         dir: Option<PathBuf>,
     },
@@ -160,14 +178,29 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
         Command::Examine { json, members } => examine::run(&members, json),
-        Command::Extract { output, force, threads, members } => {
-            extract::run(&members, &output, force, threads)
+        Command::Extract { output, force, threads, faults, member_faults, members } => {
+            faults::parse(faults.as_deref(), &member_faults, &members)
+                .and_then(|faults| extract::run(&members, &output, force, threads, faults))
         }
-        Command::Assemble { readonly, mount, daemon, threads, force, allow_other, members } => {
+        Command::Assemble {
+            readonly,
+            mount,
+            daemon,
+            threads,
+            force,
+            allow_other,
+            faults,
+            member_faults,
+            members,
+        } => faults::parse(faults.as_deref(), &member_faults, &members).and_then(|faults| {
             mount::assemble(
                 &members,
-                mount::Options { readonly, dir: mount, daemon, threads, force, allow_other },
+                mount::Options { readonly, dir: mount, daemon, threads, force, allow_other, faults },
             )
+        }),
+        Command::HelpFaults => {
+            print!("{}", faults::HELP);
+            Ok(())
         }
         Command::Stop { dir } => mount::stop(&dir),
         Command::Detail { dir, json } => detail::run(&dir, json),

@@ -31,6 +31,8 @@ pub struct Options {
     pub force: bool,
     /// allow_other mount option.
     pub allow_other: bool,
+    /// Fault injectors for members (testing).
+    pub faults: crate::faults::Injectors,
 }
 
 /// The array as the FUSE layer sees it.
@@ -116,7 +118,7 @@ pub fn assemble(members: &[PathBuf], o: Options) -> CmdResult {
         return Err(CliError(format!("{}: something is already mounted here", dir.display())));
     }
     // Assemble before detaching, so errors reach the user's terminal.
-    let asm = md_assemble(members, &AssembleOptions { force: o.force })?;
+    let asm = md_assemble(members, &AssembleOptions { force: o.force, faults: o.faults.clone() })?;
     for n in &asm.notes {
         eprintln!("umd: {n}");
     }
@@ -216,6 +218,13 @@ fn block_signals() -> libc::sigset_t {
 
 fn serve(array: Array, degraded: bool, dir: &Path, o: &Options, ready_fd: Option<i32>) -> CmdResult {
     let sigset = block_signals();
+    // This process serves an array that memory reclaim may be waiting on:
+    // lock our memory and mark us an I/O flusher (each may be refused
+    // without privileges: say so, and go on).
+    let protection = blockio::safety::protect_io_path();
+    if !protection.complete() {
+        eprintln!("umd: warning: I/O path protection incomplete: {protection}");
+    }
     let size = array.size();
     let level = array.personality.geometry().level;
     let name = array.sb.name();
