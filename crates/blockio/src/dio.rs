@@ -47,6 +47,22 @@ pub struct Dio {
     pub error: i32,
 }
 
+impl Dio {
+    /// The descriptor of `op`, nothing done yet.
+    pub(crate) fn for_op(op: &crate::engine::Op) -> Dio {
+        Dio {
+            kind: op.kind,
+            offset: op.offset,
+            len: op.len,
+            done: 0,
+            addr: op.buf.as_ptr() as usize + op.start,
+            buf_index: op.buf.index(),
+            tag: op.tag,
+            error: 0,
+        }
+    }
+}
+
 /// One member's slot for its persistent descriptor, with hit/miss counters.
 pub struct DioSlot {
     slot: AtomicPtr<Dio>,

@@ -362,16 +362,7 @@ fn sync_op(shared: &Shared, op: &Op) -> Result<(), i32> {
     check_op(shared, op)?;
     let m = &shared.members[op.member];
     let mut dio = m.slot.take();
-    *dio = Dio {
-        kind: op.kind,
-        offset: op.offset,
-        len: op.len,
-        done: 0,
-        addr: op.buf.as_ptr() as usize + op.start,
-        buf_index: op.buf.index(),
-        tag: op.tag,
-        error: 0,
-    };
+    *dio = Dio::for_op(op);
     let fd = m.file().as_raw_fd();
     while dio.done < dio.len {
         let addr = dio.addr + dio.done;

@@ -381,16 +381,7 @@ impl UringQueue {
             // before its fields (the Arc among them) are dropped; this
             // queue's own Drop forgets, never drops, any guard left.
             let mut dio: DioGuard<'static> = unsafe { std::mem::transmute::<DioGuard<'_>, _>(guard) };
-            *dio = Dio {
-                kind: op.kind,
-                offset: op.offset,
-                len: op.len,
-                done: 0,
-                addr: op.buf.as_ptr() as usize + op.start,
-                buf_index: op.buf.index(),
-                tag: op.tag,
-                error: 0,
-            };
+            *dio = Dio::for_op(&op);
             let sqe = rw_sqe(fixed, &dio, u64::from(idx));
             self.table[idx as usize] = Some(Flight { op, dio, retries: 0 });
             self.in_flight += 1;

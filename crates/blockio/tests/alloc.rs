@@ -4,73 +4,17 @@
 //! one in flight on a member, exactly as many allocations as the
 //! persistent descriptor's slot misses.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+mod common;
+
+use common::*;
 
 use blockio::{Access, BufPool, Direct, Engine, EngineKind, Member, MemberOptions, Op, PoolConfig};
 
-struct Counting;
 
-thread_local! {
-    static ARMED: Cell<bool> = const { Cell::new(false) };
-    /// This thread's allocations while armed.
-    static COUNT: Cell<u64> = const { Cell::new(0) };
-}
 
-fn count() {
-    if ARMED.with(|a| a.get()) {
-        COUNT.with(|c| c.set(c.get() + 1));
-    }
-}
-
-fn counted() -> u64 {
-    COUNT.with(|c| c.get())
-}
-
-// SAFETY: forwards to System with the same arguments; counting touches
-// only const-initialised thread-locals without destructors.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        count();
-        // SAFETY: forwarded contract.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-        count();
-        // SAFETY: forwarded contract.
-        unsafe { System.alloc_zeroed(l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        count();
-        // SAFETY: forwarded contract.
-        unsafe { System.realloc(p, l, n) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: forwarded contract.
-        unsafe { System.dealloc(p, l) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// Run `f` with this thread's counting armed; the allocations it made.
-fn armed(f: impl FnOnce()) -> u64 {
-    COUNT.with(|c| c.set(0));
-    ARMED.with(|a| a.set(true));
-    f();
-    ARMED.with(|a| a.set(false));
-    counted()
-}
-
-struct Scratch(PathBuf);
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn setup(kind: EngineKind, base: &str, members: usize) -> (Scratch, Engine) {
     let d = Path::new(base).join(format!("blockio-alloc-{}-{kind}-{members}", std::process::id()));
@@ -103,7 +47,7 @@ fn steady_state(kind: EngineKind, base: &str) {
     let c = q.run(Op::write(0, 0, buf.take().expect("buf"), 4096)).expect("room");
     buf = Some(c.op.buf);
     let (mut failed, mut flush_failed) = (0, 0);
-    let allocs = armed(|| {
+    let allocs = allocations(|| {
         for i in 0..IOS {
             let member = i % 3;
             let off = ((i * 8192) % (1 << 20)) as u64;
@@ -150,7 +94,7 @@ fn uring_concurrency_allocations_equal_misses() {
     let mut q = e.queue(8).expect("queue");
     let mut bufs: Vec<_> = (0..8).map(|_| Some(e.pool().take().expect("buffer"))).collect();
     let before = e.members()[0].dio_stats();
-    let allocs = armed(|| {
+    let allocs = allocations(|| {
         for round in 0..200u64 {
             for (i, b) in bufs.iter_mut().enumerate() {
                 let off = (i as u64 * 8192 + round * 65536) % (1 << 20);
@@ -189,7 +133,7 @@ fn sync_two_threads_allocations_equal_misses() {
                 let mut q = e.queue(1).expect("queue");
                 let mut buf = Some(e.pool().take().expect("buffer"));
                 let mut failed = 0;
-                let n = armed(|| {
+                let n = allocations(|| {
                     for i in 0..2000u64 {
                         let off = (t * 524_288 + (i % 64) * 8192) % (1 << 20);
                         let c = q.run(Op::write(0, off, buf.take().expect("buf"), 8192)).expect("room");

@@ -3,42 +3,17 @@
 //! fallback), batched and one at a time; refused requests (unaligned,
 //! past the end, read-only) complete with their errno and change nothing.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+mod common;
+
+use common::*;
 
 use blockio::{
     Access, BufPool, Direct, Engine, EngineKind, IoMode, Member, MemberOptions, Op, OpKind, PoolConfig,
 };
 
-/// A unique scratch directory under `base`, removed on drop.
-struct Scratch(PathBuf);
 
-impl Scratch {
-    fn new(base: &str, name: &str) -> Scratch {
-        let d = Path::new(base).join(format!("blockio-model-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&d).expect("mkdir");
-        Scratch(d)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// xorshift64*: deterministic test randomness.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 const SIZE: u64 = 4 << 20;
 const MAX_IO: usize = 64 << 10;

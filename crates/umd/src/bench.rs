@@ -16,6 +16,14 @@
 //!   goes first), several rounds; the figures are the medians of the
 //!   per-round ratios. Also the allocations of 10,000 engine ops
 //!   with one in flight, after warm-up (counting global allocator).
+//! * `pagecache`: buffered writes into an in-memory (`MemOps`) mapping of
+//!   1 GiB against the kernel's page cache doing the same with `pwrite` to
+//!   a 1 GiB tmpfs file (in /dev/shm); both populated first, so both sides
+//!   overwrite cached data. 1 MiB sequential writes (1 GiB per round) and
+//!   4 KiB random aligned writes (seeded xorshift, 200,000 per round), both
+//!   sides in each round (alternating which goes first); the figures are
+//!   the medians of the per-round ratios. Also memcpy bandwidth (a 256 MiB
+//!   buffer into another, warm) as the physical limit.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -36,7 +44,10 @@ pub fn run(name: &str, json: bool, quick: bool, full: bool, dir: Option<PathBuf>
         "extract" => extract(json, quick, full, dir),
         "kernfs" => kernfs_bench(json, quick, full, dir),
         "blockio" => blockio_bench(json, quick, full, dir),
-        other => Err(CliError(format!("unknown benchmark {other:?} (available: extract, kernfs, blockio)"))),
+        "pagecache" => pagecache_bench(json, quick, full, dir),
+        other => Err(CliError(format!(
+            "unknown benchmark {other:?} (available: extract, kernfs, blockio, pagecache)"
+        ))),
     }
 }
 
@@ -742,6 +753,294 @@ fn blockio_bench(json: bool, quick: bool, full: bool, dir: Option<PathBuf>) -> C
             "  steady_state_allocs     {allocs:8} per {ALLOC_OPS} 4 KiB writes, one in flight (target 0)"
         );
         println!("  descriptor slot misses in the timed runs: {timed_misses} of {timed_ops} ops");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- pagecache
+
+/// Folio size of the mapping the 1 MiB sequential writes go to.
+const PC_SEQ_FOLIO: usize = 1 << 20;
+/// Folio size of the mapping the 4 KiB random writes go to.
+const PC_RAND_FOLIO: usize = 1 << 20;
+/// Bytes per sequential write and per random write.
+const PC_SEQ_BS: usize = 1 << 20;
+const PC_RAND_BS: usize = 4096;
+/// Bytes of each buffer of the memcpy figure.
+const PC_MEMCPY_BYTES: usize = 256 << 20;
+
+/// One side of the pagecache bench: a write of `data` at byte `pos`, all
+/// of it or an error.
+type WriteFn<'a> = dyn FnMut(u64, &[u8]) -> Result<(), CliError> + 'a;
+
+/// `pwrite` all of `data` at `pos` (a short write is continued).
+fn pwrite_all(fd: i32, mut pos: u64, mut data: &[u8]) -> Result<(), CliError> {
+    while !data.is_empty() {
+        let off = libc::off_t::try_from(pos).map_err(|_| CliError("offset too large".into()))?;
+        // SAFETY: `data` is valid for `data.len()` bytes of reads.
+        let r = unsafe { libc::pwrite(fd, data.as_ptr().cast(), data.len(), off) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(CliError(format!("kernel pwrite of {} bytes at {pos}: {e}", data.len())));
+        }
+        if r == 0 {
+            return Err(CliError(format!("kernel pwrite at {pos} wrote nothing")));
+        }
+        data = &data[r as usize..];
+        pos += r as u64;
+    }
+    Ok(())
+}
+
+/// `pagecache::write_at` all of `data` at `pos`.
+fn umd_write_all(m: &pagecache::AddressSpace, pos: u64, data: &[u8]) -> Result<(), CliError> {
+    match pagecache::write_at(m, pos, data) {
+        Ok(n) if n == data.len() => Ok(()),
+        Ok(n) => Err(CliError(format!("umd write_at of {} bytes at {pos} wrote {n}", data.len()))),
+        Err(e) => Err(CliError(format!("umd write_at of {} bytes at {pos}: {}", data.len(), errno_msg(e)))),
+    }
+}
+
+/// Sequential `bs`-byte writes over `[0, size)` from `src` (`src.len() ==
+/// bs`), or `ops` uniformly random `bs`-aligned ones (seeded).
+fn pc_writes(
+    write: &mut WriteFn<'_>,
+    src: &[u8],
+    size: u64,
+    random: Option<(u64, u64)>,
+) -> Result<Run, CliError> {
+    let bs = src.len() as u64;
+    let t0 = Instant::now();
+    let mut bytes = 0u64;
+    match random {
+        None => {
+            let mut pos = 0;
+            while pos + bs <= size {
+                write(pos, src)?;
+                pos += bs;
+                bytes += bs;
+            }
+        }
+        Some((ops, seed)) => {
+            let blocks = size / bs;
+            let mut rng = XorShift::new(seed);
+            for _ in 0..ops {
+                write(rng.below(blocks) * bs, src)?;
+                bytes += bs;
+            }
+        }
+    }
+    Ok(Run { bytes: bytes as f64, secs: t0.elapsed().as_secs_f64() })
+}
+
+/// Bytes of memory available (`MemAvailable`), if known.
+fn mem_available() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib << 10)
+}
+
+/// One workload of the pagecache bench: medians of umd's and the kernel's
+/// bytes/s and of their per-round ratios.
+struct PcResult {
+    umd: f64,
+    kernel: f64,
+    ratio: f64,
+}
+
+/// Runs `rounds` rounds of one workload, umd and the kernel back to back in
+/// each (alternating which goes first), on a fresh mapping of `folio`-byte
+/// folios populated over `[0, size)` first (the tmpfs file is populated
+/// already).
+#[allow(clippy::too_many_arguments)]
+fn pc_workload(
+    cache: &pagecache::PageCache,
+    fd: i32,
+    folio: usize,
+    size: u64,
+    src: &[u8],
+    random: Option<u64>,
+    rounds: usize,
+    fill: &[u8],
+) -> Result<PcResult, CliError> {
+    let mapping = cache
+        .mapping(Arc::new(pagecache::MemOps), folio)
+        .map_err(|e| CliError(format!("pagecache: mapping of {folio}-byte folios: {}", errno_msg(e))))?;
+    // Populate, so that both sides overwrite data that is there.
+    let mut umd = |pos: u64, data: &[u8]| umd_write_all(&mapping, pos, data);
+    pc_writes(&mut umd, fill, size, None)?;
+    let mut kernel = |pos: u64, data: &[u8]| pwrite_all(fd, pos, data);
+    // One untimed pass of each (warm-up: code, TLB, allocator).
+    let warm = random.map(|n| (n / 4, 0));
+    pc_writes(&mut umd, src, size, warm)?;
+    pc_writes(&mut kernel, src, size, warm)?;
+    let (mut u, mut k, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for r in 0..rounds {
+        let w = random.map(|n| (n, r as u64 + 1));
+        let (a, b) = if r % 2 == 0 {
+            let a = pc_writes(&mut umd, src, size, w)?;
+            (a, pc_writes(&mut kernel, src, size, w)?)
+        } else {
+            let b = pc_writes(&mut kernel, src, size, w)?;
+            (pc_writes(&mut umd, src, size, w)?, b)
+        };
+        u.push(a.bytes_per_sec());
+        k.push(b.bytes_per_sec());
+        ratios.push(a.bytes_per_sec() / b.bytes_per_sec());
+    }
+    Ok(PcResult { umd: median(&mut u), kernel: median(&mut k), ratio: median(&mut ratios) })
+}
+
+/// memcpy bandwidth: one buffer copied into another, both warm; the median
+/// of several copies, in bytes/s.
+fn memcpy_bandwidth(bytes: usize, reps: usize) -> f64 {
+    let mut rng = XorShift::new(0x3E3C);
+    let mut src = vec![0u8; bytes];
+    for c in src.chunks_exact_mut(8) {
+        c.copy_from_slice(&rng.next().to_ne_bytes());
+    }
+    let mut dst = vec![0u8; bytes];
+    dst.copy_from_slice(&src);
+    let mut v = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let t = Instant::now();
+        std::hint::black_box(&mut dst).copy_from_slice(std::hint::black_box(&src));
+        v.push(bytes as f64 / t.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(&dst);
+    median(&mut v)
+}
+
+fn pagecache_bench(json: bool, quick: bool, full: bool, dir: Option<PathBuf>) -> CmdResult {
+    use std::os::unix::io::AsRawFd;
+    let base = dir.unwrap_or_else(|| PathBuf::from("/dev/shm"));
+    if !is_tmpfs(&base) {
+        return Err(CliError(format!(
+            "{} is not tmpfs: the pagecache bench's baseline is the kernel's page cache of a tmpfs file",
+            base.display()
+        )));
+    }
+    let size: u64 = if quick { 256 << 20 } else { 1 << 30 };
+    let (rounds, rand_ops): (usize, u64) = if full {
+        (9, 500_000)
+    } else if quick {
+        (3, 50_000)
+    } else {
+        (5, 200_000)
+    };
+    // The mapping and the tmpfs file, plus slack.
+    let need = 2 * size + (256 << 20);
+    if let Some(avail) = mem_available() {
+        if avail < need {
+            return Err(CliError(format!(
+                "the pagecache bench needs {} MiB of free memory, {} MiB available",
+                need >> 20,
+                avail >> 20
+            )));
+        }
+    }
+    let mut rng = XorShift::new(0xDA7A);
+    let mut fill = vec![0u8; PC_SEQ_BS];
+    for c in fill.chunks_exact_mut(8) {
+        c.copy_from_slice(&rng.next().to_ne_bytes());
+    }
+    let mut seq_src = vec![0u8; PC_SEQ_BS];
+    for c in seq_src.chunks_exact_mut(8) {
+        c.copy_from_slice(&rng.next().to_ne_bytes());
+    }
+    let rand_src = seq_src[..PC_RAND_BS].to_vec();
+
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let path = base.join(format!("umd-bench-pagecache-{}-{nonce:08x}.img", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| CliError(format!("{}: {e}", path.display())))?;
+    let scratch = ScratchFile(path.clone());
+    let fd = file.as_raw_fd();
+    // Populate the tmpfs file (written once, like the mapping).
+    pc_writes(&mut |pos, data| pwrite_all(fd, pos, data), &fill, size, None)?;
+
+    // Room for the mapping and some; MemOps folios are never evicted, and
+    // never count as dirty.
+    let cache = pagecache::PageCache::new(pagecache::CacheConfig {
+        memory_limit: size + (1 << 30),
+        dirty_limit: 64 << 20,
+        flushers: 0,
+    });
+    let seq = pc_workload(&cache, fd, PC_SEQ_FOLIO, size, &seq_src, None, rounds, &fill)?;
+    let rand = pc_workload(&cache, fd, PC_RAND_FOLIO, size, &rand_src, Some(rand_ops), rounds, &fill)?;
+    drop(cache);
+    drop(file);
+    drop(scratch);
+    let memcpy_reps = if quick { 3 } else { 5 };
+    let memcpy = memcpy_bandwidth(PC_MEMCPY_BYTES, memcpy_reps);
+    let memcpy_base = format!(
+        "memcpy of a {} MiB buffer into another, both warm (median of {memcpy_reps})",
+        PC_MEMCPY_BYTES >> 20
+    );
+
+    let gbps = |bps: f64| bps / 1e9;
+    let iops = |bps: f64| bps / PC_RAND_BS as f64;
+    let seq_base = format!(
+        "kernel pwrite bs=1m, sequential, to a populated {} MiB tmpfs file; umd: MemOps mapping, {} KiB folios",
+        size >> 20,
+        PC_SEQ_FOLIO >> 10
+    );
+    let rand_base = format!(
+        "kernel pwrite bs=4k, uniformly random (aligned), to a populated {} MiB tmpfs file; umd: MemOps mapping, {} KiB folios",
+        size >> 20,
+        PC_RAND_FOLIO >> 10
+    );
+    if json {
+        let lines = [
+            figure("pagecache", "seqwrite_1m_ratio", seq.ratio, "ratio", Some(&seq_base), Some(">= 2")),
+            figure("pagecache", "randwrite_4k_ratio", rand.ratio, "ratio", Some(&rand_base), Some(">= 3")),
+            figure("pagecache", "memcpy_gbps", gbps(memcpy), "GB/s", Some(&memcpy_base), None),
+            figure("pagecache", "seqwrite_1m_umd_gbps", gbps(seq.umd), "GB/s", None, None),
+            figure("pagecache", "seqwrite_1m_kernel_gbps", gbps(seq.kernel), "GB/s", None, None),
+            figure("pagecache", "randwrite_4k_umd_iops", iops(rand.umd), "IOPS", None, None),
+            figure("pagecache", "randwrite_4k_kernel_iops", iops(rand.kernel), "IOPS", None, None),
+        ];
+        for l in lines {
+            println!("{l}");
+        }
+    } else {
+        println!(
+            "bench pagecache: umd in-memory mapping vs the kernel's page cache (pwrite to a tmpfs file in {}), {} MiB each, populated",
+            base.display(),
+            size >> 20
+        );
+        println!(
+            "  rounds: {rounds} per workload, both sides in each, alternating (median of per-round ratios); \
+             1 MiB: {} MiB per round, 4 KiB: {rand_ops} writes per round",
+            size >> 20
+        );
+        println!(
+            "  seqwrite_1m_ratio  {:8.3} (umd {:.2} GB/s / kernel {:.2} GB/s; target >= 2)",
+            seq.ratio,
+            gbps(seq.umd),
+            gbps(seq.kernel)
+        );
+        println!("    baseline: {seq_base}");
+        println!(
+            "  randwrite_4k_ratio {:8.3} (umd {:.0} IOPS / kernel {:.0} IOPS; target >= 3)",
+            rand.ratio,
+            iops(rand.umd),
+            iops(rand.kernel)
+        );
+        println!("    baseline: {rand_base}");
+        println!("  memcpy_gbps        {:8.2} (the physical limit)", gbps(memcpy));
+        println!("    baseline: {memcpy_base}");
     }
     Ok(())
 }

@@ -122,7 +122,7 @@ enum Command {
     },
     /// Run a benchmark against its baseline, side by side.
     Bench {
-        /// Which benchmark: extract, kernfs, blockio.
+        /// Which benchmark: extract, kernfs, blockio, pagecache.
         name: String,
         /// One JSON object per figure per line.
         #[arg(long)]
