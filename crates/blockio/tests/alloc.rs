@@ -13,9 +13,6 @@ use common::*;
 
 use blockio::{Access, BufPool, Direct, Engine, EngineKind, Member, MemberOptions, Op, PoolConfig};
 
-
-
-
 fn setup(kind: EngineKind, base: &str, members: usize) -> (Scratch, Engine) {
     let d = Path::new(base).join(format!("blockio-alloc-{}-{kind}-{members}", std::process::id()));
     std::fs::create_dir_all(&d).expect("mkdir");

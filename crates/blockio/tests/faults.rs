@@ -18,7 +18,6 @@ use blockio::{
 
 // ---- rig ----
 
-
 const SIZE: usize = 1 << 20;
 const BUF: usize = 64 << 10;
 const CASES: [(EngineKind, &str, IoMode); 4] = [
@@ -27,7 +26,6 @@ const CASES: [(EngineKind, &str, IoMode); 4] = [
     (EngineKind::Uring, "/var/tmp", IoMode::Direct),
     (EngineKind::Uring, "/dev/shm", IoMode::Buffered),
 ];
-
 
 /// One member with an injector, its engine and a queue. Fields drop in
 /// order: the queue first, the scratch directory last.

@@ -13,8 +13,6 @@ use blockio::{
     Access, BufPool, Direct, Engine, EngineKind, IoMode, Member, MemberOptions, Op, OpKind, PoolConfig,
 };
 
-
-
 const SIZE: u64 = 4 << 20;
 const MAX_IO: usize = 64 << 10;
 
