@@ -7,6 +7,8 @@ command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
 command -v mdadm >/dev/null 2>&1 || need+=(mdadm)
 command -v xz >/dev/null 2>&1 || need+=(xz-utils)
 command -v fio >/dev/null 2>&1 || need+=(fio)
+# ISA-L, the baseline of `umd bench array` (loaded at run time with dlopen).
+dpkg -s libisal2 >/dev/null 2>&1 || need+=(libisal2)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then
         echo "setup: need root to install: ${need[*]}" >&2
@@ -19,4 +21,4 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 [ -e /dev/fuse ] || { echo "setup: /dev/fuse is missing (modprobe fuse?)" >&2; exit 1; }
 command -v cargo >/dev/null 2>&1 || { echo "setup: cargo (Rust toolchain) is missing" >&2; exit 1; }
-echo "setup: fuse3, mdadm, xz, fio present"
+echo "setup: fuse3, mdadm, xz, fio, libisal2 present"

@@ -16,6 +16,7 @@
 //! ## Modules
 //! * [`superblock`]: `struct mdp_superblock_1`: locate, validate, decode, encode.
 //! * [`examine`]: the superblock in `mdadm --examine`'s words.
+//! * [`create`]: `mdadm --create`'s checks and superblocks for new arrays.
 //! * [`assemble`]: md's assembly rules (freshest events, stale/faulty members,
 //!   slots, refusal of unsupported features).
 //! * [`personality`]: the layouts of every level and degraded reads.
@@ -23,6 +24,7 @@
 
 pub mod array;
 pub mod assemble;
+pub mod create;
 pub mod examine;
 pub mod personality;
 pub mod superblock;

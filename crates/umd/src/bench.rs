@@ -24,6 +24,12 @@
 //!   sides in each round (alternating which goes first); the figures are
 //!   the medians of the per-round ratios. Also memcpy bandwidth (a 256 MiB
 //!   buffer into another, warm) as the physical limit.
+//! * `array`: md's parity kernels (`gf::gen_syndrome`, `gf::xor_blocks`,
+//!   SIMD chosen at run time) against ISA-L's `pq_gen`/`xor_gen` (libisal,
+//!   loaded with `dlopen`) on the same 64-byte aligned buffers, 6 data
+//!   blocks of 64 KiB: batches of about 10 ms, both sides in each round
+//!   (alternating which goes first); the figures are the medians of the
+//!   per-round throughput ratios.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -45,8 +51,9 @@ pub fn run(name: &str, json: bool, quick: bool, full: bool, dir: Option<PathBuf>
         "kernfs" => kernfs_bench(json, quick, full, dir),
         "blockio" => blockio_bench(json, quick, full, dir),
         "pagecache" => pagecache_bench(json, quick, full, dir),
+        "array" => array_bench(json, quick, full, dir),
         other => Err(CliError(format!(
-            "unknown benchmark {other:?} (available: extract, kernfs, blockio, pagecache)"
+            "unknown benchmark {other:?} (available: extract, kernfs, blockio, pagecache, array)"
         ))),
     }
 }
@@ -1041,6 +1048,196 @@ fn pagecache_bench(json: bool, quick: bool, full: bool, dir: Option<PathBuf>) ->
         println!("    baseline: {rand_base}");
         println!("  memcpy_gbps        {:8.2} (the physical limit)", gbps(memcpy));
         println!("    baseline: {memcpy_base}");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// array: whole-array figures. So far the parity kernels against ISA-L; the
+// raid5/raid1 sequential-write figures join `array_bench`'s list later.
+
+#[path = "isal.rs"]
+mod isal;
+
+/// Data blocks per stripe in the parity figures (an 8-disk raid6, a 7-disk
+/// raid5) and the bytes per block (md's default chunk is 512 KiB; 64 KiB
+/// keeps a stripe in L2 so the kernels, not DRAM, are measured).
+const PARITY_DATA: usize = 6;
+const PARITY_BLOCK: usize = 64 << 10;
+
+/// One figure of the array bench, for both output formats.
+struct ArrayFigure {
+    name: &'static str,
+    value: f64,
+    unit: &'static str,
+    baseline: Option<String>,
+    target: Option<&'static str>,
+}
+
+/// A `len`-byte, 64-byte aligned window into `buf` (allocated with 64
+/// bytes of slack).
+fn aligned64(buf: &mut [u8], len: usize) -> &mut [u8] {
+    let off = buf.as_ptr().align_offset(64);
+    &mut buf[off..off + len]
+}
+
+/// Times `batch` calls of `f`, in seconds.
+fn time_batch(batch: usize, f: &mut dyn FnMut() -> Result<(), String>) -> Result<f64, CliError> {
+    let t = Instant::now();
+    for _ in 0..batch {
+        f().map_err(CliError)?;
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// Runs `umd` and `base` alternately (which goes first alternates) for
+/// `rounds` rounds of batches sized to about 10 ms; returns (median umd
+/// bytes/s, median baseline bytes/s, median per-round umd/baseline
+/// throughput ratio), counting `bytes` per call.
+fn side_by_side(
+    rounds: usize,
+    bytes: usize,
+    umd: &mut dyn FnMut() -> Result<(), String>,
+    base: &mut dyn FnMut() -> Result<(), String>,
+) -> Result<(f64, f64, f64), CliError> {
+    // Warm up both and size the batch from the slower side.
+    time_batch(50, umd)?;
+    time_batch(50, base)?;
+    let per_call = time_batch(200, umd)?.max(time_batch(200, base)?) / 200.0;
+    let batch = ((0.010 / per_call.max(1e-9)) as usize).clamp(10, 1_000_000);
+    let (mut u, mut b, mut r) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let (tu, tb) = if round % 2 == 0 {
+            let tu = time_batch(batch, umd)?;
+            (tu, time_batch(batch, base)?)
+        } else {
+            let tb = time_batch(batch, base)?;
+            (time_batch(batch, umd)?, tb)
+        };
+        let total = (batch * bytes) as f64;
+        u.push(total / tu);
+        b.push(total / tb);
+        r.push(tb / tu);
+    }
+    Ok((median(&mut u), median(&mut b), median(&mut r)))
+}
+
+/// `pq_gen_vs_isal_ratio` and `xor_gen_vs_isal_ratio`: md's
+/// `gf::gen_syndrome` / `gf::xor_blocks` (the dispatching SIMD kernels)
+/// against ISA-L's `pq_gen` / `xor_gen` on the same buffers.
+fn parity_figures(quick: bool, full: bool) -> Result<Vec<ArrayFigure>, CliError> {
+    use md::personality::{gf, simd};
+    let lib = isal::Isal::load().map_err(CliError)?;
+    let rounds = if full {
+        61
+    } else if quick {
+        7
+    } else {
+        21
+    };
+    let len = PARITY_BLOCK;
+    let mut rng = XorShift::new(0x9A41_7E57);
+    let mut backing: Vec<Vec<u8>> = (0..PARITY_DATA + 2).map(|_| vec![0u8; len + 64]).collect();
+    let (data_bufs, out_bufs) = backing.split_at_mut(PARITY_DATA);
+    let mut data: Vec<&[u8]> = Vec::with_capacity(PARITY_DATA);
+    for b in data_bufs.iter_mut() {
+        let w = aligned64(b, len);
+        for c in w.chunks_exact_mut(8) {
+            c.copy_from_slice(&rng.next().to_ne_bytes());
+        }
+        data.push(w);
+    }
+    let (pb, qb) = out_bufs.split_at_mut(1);
+    let p = aligned64(&mut pb[0], len);
+    let q = aligned64(&mut qb[0], len);
+    let slots: Vec<Option<&[u8]>> = data.iter().map(|d| Some(*d)).collect();
+
+    // Both sides must compute the same parity (md's Q = Σ g^i·D_i is ISA-L's).
+    let (mut p_umd, mut q_umd) = (vec![0u8; len], vec![0u8; len]);
+    gf::gen_syndrome(&slots, &mut p_umd, &mut q_umd);
+    lib.pq_gen(&data, p, q).map_err(CliError)?;
+    if p_umd[..] != p[..] || q_umd[..] != q[..] {
+        return Err(CliError("ISA-L pq_gen and umd gen_syndrome disagree".into()));
+    }
+    let mut x_umd = vec![0u8; len];
+    gf::xor_blocks(&mut x_umd, &data);
+    lib.xor_gen(&data, p).map_err(CliError)?;
+    if x_umd[..] != p[..] {
+        return Err(CliError("ISA-L xor_gen and umd xor_blocks disagree".into()));
+    }
+
+    let imp = simd::Impl::best().name();
+    let bytes = PARITY_DATA * len;
+    // umd writes into the same aligned P/Q buffers as ISA-L (one at a time).
+    let cell = std::cell::RefCell::new((p, q));
+    let (pq_u, pq_b, pq_r) = side_by_side(
+        rounds,
+        bytes,
+        &mut || {
+            let (p, q) = &mut *cell.borrow_mut();
+            gf::gen_syndrome(std::hint::black_box(&slots), p, q);
+            Ok(())
+        },
+        &mut || {
+            let (p, q) = &mut *cell.borrow_mut();
+            lib.pq_gen(std::hint::black_box(&data), p, q)
+        },
+    )?;
+    let (x_u, x_b, x_r) = side_by_side(
+        rounds,
+        bytes,
+        &mut || {
+            let (p, _) = &mut *cell.borrow_mut();
+            gf::xor_blocks(p, std::hint::black_box(&data));
+            Ok(())
+        },
+        &mut || {
+            let (p, _) = &mut *cell.borrow_mut();
+            lib.xor_gen(std::hint::black_box(&data), p)
+        },
+    )?;
+    let shape = format!(
+        "{PARITY_DATA} data blocks x {} KiB, 64-byte aligned, warm; {rounds} rounds alternating, median; umd kernel {imp}",
+        len >> 10
+    );
+    let gb = |v: f64| v / 1e9;
+    Ok(vec![
+        ArrayFigure {
+            name: "pq_gen_vs_isal_ratio",
+            value: pq_r,
+            unit: "ratio",
+            baseline: Some(format!("ISA-L pq_gen (libisal), {shape}")),
+            target: Some(">= 1.0"),
+        },
+        ArrayFigure {
+            name: "xor_gen_vs_isal_ratio",
+            value: x_r,
+            unit: "ratio",
+            baseline: Some(format!("ISA-L xor_gen (libisal), {shape}")),
+            target: Some(">= 1.0"),
+        },
+        ArrayFigure { name: "pq_gen_umd_gbps", value: gb(pq_u), unit: "GB/s", baseline: None, target: None },
+        ArrayFigure { name: "pq_gen_isal_gbps", value: gb(pq_b), unit: "GB/s", baseline: None, target: None },
+        ArrayFigure { name: "xor_gen_umd_gbps", value: gb(x_u), unit: "GB/s", baseline: None, target: None },
+        ArrayFigure { name: "xor_gen_isal_gbps", value: gb(x_b), unit: "GB/s", baseline: None, target: None },
+    ])
+}
+
+fn array_bench(json: bool, quick: bool, full: bool, _dir: Option<PathBuf>) -> CmdResult {
+    let figures = parity_figures(quick, full)?;
+    if json {
+        for f in &figures {
+            println!("{}", figure("array", f.name, f.value, f.unit, f.baseline.as_deref(), f.target));
+        }
+    } else {
+        println!("bench array: data throughput counts data bytes in (parity out not counted)");
+        for f in &figures {
+            let target = f.target.map(|t| format!("; target {t}")).unwrap_or_default();
+            println!("  {:24} {:8.3} {}{target}", f.name, f.value, f.unit);
+            if let Some(b) = &f.baseline {
+                println!("    baseline: {b}");
+            }
+        }
     }
     Ok(())
 }

@@ -6,12 +6,13 @@
 //! `md` crate and serves them through `export`; it holds no RAID logic of its
 //! own.
 //!
-//! Commands: `examine`, `extract`, `assemble`, `detail`, `stop`, `bench`, `demo`.
+//! Commands: `create`, `examine`, `extract`, `assemble`, `detail`, `stop`, `bench`, `demo`.
 //! Every error is one line on stderr, `umd: MEMBER: reason`, and a non-zero
 //! exit status.
 
 mod alloc_count;
 mod bench;
+mod create;
 mod demo;
 mod detail;
 mod examine;
@@ -112,6 +113,55 @@ enum Command {
         /// Mount directory given to `umd assemble --mount`.
         dir: PathBuf,
     },
+    /// Create a new array (v1.2 metadata) on member devices or image files,
+    /// as `mdadm --create` does. Image files that do not exist are created
+    /// (sparse) when --size is given. Without --assume-clean the array is
+    /// marked as needing a resync, which umd does not do yet (a later
+    /// version will): --assume-clean is the only way to a clean array for
+    /// now. raid4/5 are not built degraded-plus-spare as mdadm does without
+    /// --force; they are marked for resync, as with `mdadm --create --force`.
+    #[command(alias = "C")]
+    Create {
+        /// RAID level: 0, 1, 4, 5, 6, 10 (or raid0, mirror, …).
+        #[arg(short, long)]
+        level: String,
+        /// Number of active devices (members listed, `missing` included).
+        #[arg(short = 'n', long)]
+        raid_devices: usize,
+        /// Chunk size (K by default; K, M, G suffixes), a power of two of at
+        /// least 4K; default 512K (none for raid1).
+        #[arg(short, long)]
+        chunk: Option<String>,
+        /// Layout: raid5/6 left-symmetric (default), right-symmetric,
+        /// left-asymmetric, right-asymmetric, parity-first, parity-last, …;
+        /// raid10 nN (default n2), fN, oN; raid0 original (default), alternate.
+        #[arg(short = 'p', long, visible_alias = "parity")]
+        layout: Option<String>,
+        /// Array name (stored as HOMEHOST:NAME); default "0".
+        #[arg(short = 'N', long)]
+        name: Option<String>,
+        /// Home host recorded in the name (default: this host's name).
+        #[arg(long)]
+        homehost: Option<String>,
+        /// Space used on each member (K by default; K, M, G, T suffixes);
+        /// default: the smallest member's. Required to create image files.
+        #[arg(short = 'z', long)]
+        size: Option<String>,
+        /// Metadata version: only 1.2 (the default).
+        #[arg(short = 'e', long)]
+        metadata: Option<String>,
+        /// Mark the array clean (in sync) instead of needing a resync.
+        #[arg(long)]
+        assume_clean: bool,
+        /// Overwrite members that hold md superblocks or file systems; accept
+        /// members of unequal size (the smallest decides) and 1-member arrays.
+        #[arg(short, long)]
+        force: bool,
+        /// Member devices or image files, in slot order; `missing` leaves a
+        /// slot empty (a degraded array).
+        #[arg(required = true)]
+        members: Vec<PathBuf>,
+    },
     /// Print the grammar of fault specs (`--faults`, `--member-faults`).
     HelpFaults,
     /// Stop the array served at DIR: unmount it and end its process.
@@ -122,7 +172,7 @@ enum Command {
     },
     /// Run a benchmark against its baseline, side by side.
     Bench {
-        /// Which benchmark: extract, kernfs, blockio, pagecache.
+        /// Which benchmark: extract, kernfs, blockio, pagecache, array.
         name: String,
         /// One JSON object per figure per line.
         #[arg(long)]
@@ -197,6 +247,31 @@ fn main() -> ExitCode {
                 &members,
                 mount::Options { readonly, dir: mount, daemon, threads, force, allow_other, faults },
             )
+        }),
+        Command::Create {
+            level,
+            raid_devices,
+            chunk,
+            layout,
+            name,
+            homehost,
+            size,
+            metadata,
+            assume_clean,
+            force,
+            members,
+        } => create::run(create::Options {
+            level,
+            raid_devices,
+            chunk,
+            layout,
+            name,
+            homehost,
+            size,
+            metadata,
+            assume_clean,
+            force,
+            members,
         }),
         Command::HelpFaults => {
             print!("{}", faults::HELP);

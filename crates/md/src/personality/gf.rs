@@ -16,11 +16,17 @@
 //! Pure functions over caller buffers; the tables are compile-time constants.
 //!
 //! ## Performance
-//! The buffer loops work byte-wise over zipped slices with no data-dependent
-//! branches or table lookups, so the compiler turns them into SIMD code.
+//! [`gen_syndrome`], [`xor_blocks`] and the syndrome step of the recovery
+//! functions run on the vector kernels of [`super::simd`] (AVX-512 or AVX2,
+//! chosen at run time), which compute exactly what the portable loops here
+//! compute. The portable buffer loops work byte-wise over zipped slices with
+//! no data-dependent branches or table lookups, so the compiler turns them
+//! into SIMD code too.
 //! Multiplying by a constant uses the eight bit-planes of the input byte
 //! (`x·c = ⊕_{i: bit i of x} c·2^i`), which vectorises where a per-byte table
 //! lookup would not. Syndrome generation is blocked so P and Q stay in L1.
+
+use super::simd;
 
 /// The low byte of md's field polynomial `0x11d` (what is xored in when a
 /// doubling carries out of bit 7).
@@ -138,6 +144,11 @@ pub fn xor_into(dst: &mut [u8], src: &[u8]) {
 /// from a stripe whose other blocks (data and P) are `srcs`. With no sources
 /// `dst` is zeroed.
 pub fn xor_blocks(dst: &mut [u8], srcs: &[&[u8]]) {
+    simd::xor_blocks(dst, srcs);
+}
+
+/// [`xor_blocks`] in portable code (what the SIMD kernels must match).
+pub(crate) fn xor_blocks_portable(dst: &mut [u8], srcs: &[&[u8]]) {
     match srcs.split_first() {
         None => dst.fill(0),
         Some((first, rest)) => {
@@ -164,8 +175,18 @@ const BLOCK: usize = 4096;
 /// Horner evaluation shared by the syndrome functions, over `slots` blocks
 /// where `block(z)` is the block in slot `z` (`None`: a zero block): sets
 /// `q = Σ g^z·block(z)` and, when `WITH_P`, `p = ⊕ block(z)`. When `!WITH_P`,
-/// `p` is not touched.
+/// `p` is not touched. Dispatches to the fastest [`simd`] implementation.
 fn syndrome<'a, const WITH_P: bool>(
+    slots: usize,
+    block: impl Fn(usize) -> Option<&'a [u8]>,
+    p: &mut [u8],
+    q: &mut [u8],
+) {
+    simd::syndrome::<WITH_P>(slots, block, p, q);
+}
+
+/// [`syndrome`] in portable code (what the SIMD kernels must match).
+pub(crate) fn syndrome_portable<'a, const WITH_P: bool>(
     slots: usize,
     block: impl Fn(usize) -> Option<&'a [u8]>,
     p: &mut [u8],

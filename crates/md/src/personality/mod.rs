@@ -19,6 +19,7 @@ pub mod raid0;
 pub mod raid1;
 pub mod raid10;
 pub mod raid5;
+pub mod simd;
 
 /// The RAID level, with md's numbers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
