@@ -13,7 +13,8 @@
 //!   for the level are refused.
 //! * Features umd cannot honour yet are refused by name.
 //!
-//! Assembly only reads: members are opened read-only.
+//! Assembly only reads: members are opened read-only by [`assemble`]; and
+//! read-write by [`assemble_writable`], for arrays that take writes.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -102,8 +103,22 @@ struct Candidate {
     found: Found,
 }
 
-/// Opens and assembles the array made of `paths`.
+/// Opens and assembles the array made of `paths`, members read-only.
 pub fn assemble(paths: &[PathBuf], opts: &AssembleOptions) -> Result<Assembly, AssembleError> {
+    assemble_access(paths, opts, Access::ReadOnly)
+}
+
+/// As [`assemble`], with the members opened read-write so that
+/// [`Array::write_at`] accepts writes. Assembly itself still writes nothing.
+pub fn assemble_writable(paths: &[PathBuf], opts: &AssembleOptions) -> Result<Assembly, AssembleError> {
+    assemble_access(paths, opts, Access::ReadWrite)
+}
+
+fn assemble_access(
+    paths: &[PathBuf],
+    opts: &AssembleOptions,
+    access: Access,
+) -> Result<Assembly, AssembleError> {
     if paths.is_empty() {
         return Err(array_err("no members given"));
     }
@@ -119,7 +134,7 @@ pub fn assemble(paths: &[PathBuf], opts: &AssembleOptions) -> Result<Assembly, A
     for p in paths {
         let dev = Member::open_with(
             p,
-            &MemberOptions { access: Access::ReadOnly, direct: Direct::Never, faults: opts.faults_for(p) },
+            &MemberOptions { access, direct: Direct::Never, faults: opts.faults_for(p) },
         )
         .map_err(|e| member_err(p, strip_path(&e.to_string(), p)))?;
         let found = superblock::load(&dev, None, true).map_err(|e| member_err(p, e.to_string()))?;

@@ -10,8 +10,9 @@
 //!
 //! ## Synchronization model
 //! An assembled [`Array`] is immutable (read-only arrays) and `Sync`: reads
-//! from many threads proceed in parallel with no lock. There is no lock in
-//! this crate yet, hence no lock order.
+//! from many threads proceed in parallel with no lock. The only lock is the
+//! leaf mutex of [`state::StateMachine`] (no other lock is taken under it),
+//! hence no lock order.
 //!
 //! ## Modules
 //! * [`superblock`]: `struct mdp_superblock_1`: locate, validate, decode, encode.
@@ -21,17 +22,20 @@
 //!   slots, refusal of unsupported features).
 //! * [`personality`]: the layouts of every level and degraded reads.
 //! * [`array`]: the assembled array.
+//! * [`state`]: md's `array_state` machine and the write-pending/active/clean
+//!   handshake with an external metadata manager.
 
 pub mod array;
 pub mod assemble;
 pub mod create;
 pub mod examine;
 pub mod personality;
+pub mod state;
 pub mod superblock;
 pub mod synth;
 pub mod sysfs;
 
 pub use array::Array;
-pub use assemble::{assemble, AssembleError, AssembleOptions, Assembly};
+pub use assemble::{assemble, assemble_writable, AssembleError, AssembleOptions, Assembly};
 pub use personality::{Geometry, Level, Location, MemberRead, Personality};
 pub use superblock::{Superblock, SuperblockError};

@@ -13,6 +13,8 @@
 //! whose semantics arrive with the write path (issue 6 onward) answer
 //! `EBUSY`, `EROFS` or `EINVAL` as md would for a running read-only array;
 //! none pretends success. Garbage is `EINVAL` and changes nothing.
+//! `array_state` and `safe_mode_delay` are [`crate::state`]'s machine, for
+//! read-only and writable (external metadata) arrays alike.
 //!
 //! Attributes md creates only for personalities with redundancy
 //! (`md_redundancy_group`: `sync_action`, `sync_completed`, `mismatch_cnt`,
@@ -22,18 +24,22 @@
 //! The array's mutable state is a handful of atomics in [`MdState`]; every
 //! `show` reads them without a lock and every `store` updates them with one
 //! atomic operation, then calls [`kernfs::Node::notify`] (lock-free) on the
-//! attribute that changed. `show` formats into the open file's page buffer
+//! attribute that changed. Exception: `array_state` and `safe_mode_delay`
+//! take the state machine's leaf mutex (see [`crate::state`]), which also
+//! notifies `array_state`. `show` formats into the open file's page buffer
 //! with `core::fmt` and allocates nothing.
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use kernfs::{Attr, AttrOps, Errno, Kernfs, NodeRef, ShowBuf};
 
 use crate::array::Array;
 use crate::personality::Level;
+use crate::state::{StateMachine, TimerHandle};
 
 /// md's `array_state` words, in md's order (`array_states[]`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,18 +101,14 @@ impl ArrayState {
     pub fn from_word(w: &[u8]) -> Option<ArrayState> {
         ArrayState::ALL.iter().copied().find(|s| s.word().as_bytes() == w)
     }
-
-    fn from_u8(v: u8) -> ArrayState {
-        ArrayState::ALL.get(usize::from(v)).copied().unwrap_or(ArrayState::Inactive)
-    }
 }
 
 /// The mutable state behind the attributes.
 #[derive(Debug)]
 pub struct MdState {
-    array_state: AtomicU8,
+    /// `array_state`, `safe_mode_delay` and the write handshake.
+    pub machine: Arc<StateMachine>,
     sync_frozen: AtomicBool,
-    safe_mode_delay_ms: AtomicU32,
     /// Per slot: read errors corrected or seen (`dev-*/errors`).
     errors: Vec<AtomicU32>,
 }
@@ -114,7 +116,7 @@ pub struct MdState {
 impl MdState {
     /// The current `array_state`.
     pub fn array_state(&self) -> ArrayState {
-        ArrayState::from_u8(self.array_state.load(Ordering::Acquire))
+        self.machine.state()
     }
 }
 
@@ -133,6 +135,8 @@ pub struct MdSysfs {
     members: Mutex<Vec<Option<(NodeRef, NodeRef)>>>,
     /// The shared state.
     pub state: Arc<MdState>,
+    /// The safe-mode timer of a writable array; stopped and joined on drop.
+    _timer: Option<TimerHandle>,
 }
 
 impl std::fmt::Debug for MdSysfs {
@@ -145,10 +149,13 @@ impl MdSysfs {
     /// Sets `array_state` (as md's own transitions will) and notifies its
     /// pollers. Lock-free; used by the array's state machine and by tests.
     pub fn set_array_state(&self, s: ArrayState) {
-        let old = self.state.array_state.swap(s as u8, Ordering::AcqRel);
-        if old != s as u8 {
-            self.array_state.notify();
-        }
+        self.state.machine.force(s);
+    }
+
+    /// The array's state machine (the data path calls
+    /// [`StateMachine::write_start`] / [`StateMachine::write_end`]).
+    pub fn machine(&self) -> &Arc<StateMachine> {
+        &self.state.machine
     }
 
     /// Removes the member directory of `slot` (as md does when a member is
@@ -292,16 +299,20 @@ const RW: u32 = 0o644;
 /// Builds md's attribute tree for `array` under `parent` (a directory
 /// named `md` is created there) and activates it.
 ///
-/// `readonly` is the assembly mode (only read-only exists yet).
+/// `readonly` is the assembly mode: a read-only assembly shows `readonly`
+/// and refuses to go read-write; a writable one (`readonly == false`) is a
+/// running array with external metadata: `metadata_version` reads
+/// `external:<minor>` (e.g. `external:1.2`), `array_state` starts `clean`,
+/// and the write handshake of [`crate::state`] runs with a safe-mode timer
+/// thread that stops when the returned [`MdSysfs`] is dropped.
 pub fn publish(fs: &Arc<Kernfs>, parent: &NodeRef, array: &Array, readonly: bool) -> Result<MdSysfs, Errno> {
     let sb = &array.sb;
     let geom = array.personality.geometry().clone();
     let raid_disks = geom.raid_disks as usize;
-    let initial = if readonly { ArrayState::Readonly } else { ArrayState::Clean };
+    let machine = Arc::new(StateMachine::new(!readonly, Duration::from_millis(200)));
     let state = Arc::new(MdState {
-        array_state: AtomicU8::new(initial as u8),
+        machine: machine.clone(),
         sync_frozen: AtomicBool::new(false),
-        safe_mode_delay_ms: AtomicU32::new(200),
         errors: (0..raid_disks).map(|_| AtomicU32::new(0)).collect(),
     });
     let md = fs.create_dir(parent, "md", 0o755)?;
@@ -332,19 +343,8 @@ pub fn publish(fs: &Arc<Kernfs>, parent: &NodeRef, array: &Array, readonly: bool
     // array_state: prealloc, notifies.
     let st = state.clone();
     let array_state_store = move |data: &[u8]| -> Result<usize, Errno> {
-        let Some(want) = ArrayState::from_word(word(data)) else { return Err(libc::EINVAL) };
-        let cur = st.array_state();
-        match want {
-            // md: these cannot be requested.
-            ArrayState::Suspended
-            | ArrayState::WritePending
-            | ArrayState::ActiveIdle
-            | ArrayState::Broken => Err(libc::EINVAL),
-            ArrayState::Readonly if cur == ArrayState::Readonly => Ok(data.len()),
-            // Read-write operation arrives with the write path; stopping is
-            // `umd stop DIR`.
-            _ => Err(libc::EBUSY),
-        }
+        st.machine.store(data)?;
+        Ok(data.len())
     };
     let st = state.clone();
     let array_state = fs.create_attr(
@@ -356,6 +356,14 @@ pub fn publish(fs: &Arc<Kernfs>, parent: &NodeRef, array: &Array, readonly: bool
             store: array_state_store,
         })),
     )?;
+    // The machine notifies through a weak reference: the node owns the
+    // machine (via its ops), not the other way round.
+    let weak = Arc::downgrade(&array_state);
+    machine.set_notify(move || {
+        if let Some(n) = weak.upgrade() {
+            n.notify();
+        }
+    });
 
     // level: a level change is a reshape (later); known names are EBUSY.
     let level_s = geom.level.to_string();
@@ -429,7 +437,13 @@ pub fn publish(fs: &Arc<Kernfs>, parent: &NodeRef, array: &Array, readonly: bool
         "metadata_version",
         RW,
         pre(Arc::new(FnAttr {
-            show: move |out: &mut ShowBuf| line(out, format_args!("{}", minor.as_str())),
+            show: move |out: &mut ShowBuf| {
+                if readonly {
+                    line(out, format_args!("{}", minor.as_str()))
+                } else {
+                    line(out, format_args!("external:{}", minor.as_str()))
+                }
+            },
             store: metadata_store,
         })),
     )?;
@@ -456,12 +470,12 @@ pub fn publish(fs: &Arc<Kernfs>, parent: &NodeRef, array: &Array, readonly: bool
         RW,
         plain(Arc::new(FnAttr {
             show: move |out: &mut ShowBuf| {
-                let ms = st.safe_mode_delay_ms.load(Ordering::Relaxed);
+                let ms = st.machine.safe_mode_delay().as_millis();
                 line(out, format_args!("{}.{:03}", ms / 1000, ms % 1000))
             },
             store: move |data: &[u8]| {
                 let ms = parse_msec(data)?;
-                st2.safe_mode_delay_ms.store(ms, Ordering::Relaxed);
+                st2.machine.set_safe_mode_delay(Duration::from_millis(u64::from(ms)));
                 Ok(data.len())
             },
         })),
@@ -670,8 +684,18 @@ pub fn publish(fs: &Arc<Kernfs>, parent: &NodeRef, array: &Array, readonly: bool
         fs.create_symlink(&md, &format!("rd{slot}"), &dirname)?;
         members[slot] = Some((dir, st_node));
     }
+    let timer =
+        if readonly { None } else { Some(StateMachine::start_timer(&machine).map_err(|_| libc::EAGAIN)?) };
     fs.activate(&md);
-    Ok(MdSysfs { fs: fs.clone(), md_dir: md, array_state, sync_action, members: Mutex::new(members), state })
+    Ok(MdSysfs {
+        fs: fs.clone(),
+        md_dir: md,
+        array_state,
+        sync_action,
+        members: Mutex::new(members),
+        state,
+        _timer: timer,
+    })
 }
 
 #[cfg(test)]

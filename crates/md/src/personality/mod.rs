@@ -3,7 +3,9 @@
 //! ## Responsibility boundary
 //! A personality maps array byte offsets to (member slot, byte offset inside
 //! that member's *data area*) and reads array ranges, rebuilding the bytes of
-//! missing members from mirrors or parity where the level allows it. It never
+//! missing members from mirrors or parity where the level allows it; for
+//! raid0/1/10 it also lists the member writes of an array write
+//! ([`Personality::map_write`]), with the same address math. It never
 //! sees files, superblocks or `data_offset`: members are reached through
 //! [`MemberRead`], whose offsets start at the member's data area.
 //!
@@ -201,6 +203,36 @@ pub trait Personality: Send + Sync + fmt::Debug {
         let _ = member_offset;
         None
     }
+
+    /// The member writes that store `len` bytes at array byte `offset`:
+    /// every copy of every piece (one for striped levels, each mirror or
+    /// copy for raid1/raid10), computed with the same address math as
+    /// [`Personality::read`]. The range must lie inside the array, else
+    /// `InvalidInput`. Copies of one piece share `buf_start` and `len`.
+    /// Parity levels answer `Unsupported` (EOPNOTSUPP): their writes need
+    /// the stripe cache.
+    fn map_write(&self, offset: u64, len: usize) -> io::Result<Vec<WritePiece>> {
+        let _ = (offset, len);
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("{} writes come with the stripe cache (not supported yet)", self.geometry().level),
+        ))
+    }
+}
+
+/// One member write of an array write: bytes `buf_start..buf_start + len`
+/// of the caller's data go to `slot` at byte `member_offset` of its data
+/// area.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WritePiece {
+    /// Member slot.
+    pub slot: usize,
+    /// Byte offset in the member's data area.
+    pub member_offset: u64,
+    /// Where the bytes start in the caller's data.
+    pub buf_start: usize,
+    /// Number of bytes.
+    pub len: usize,
 }
 
 /// Where a stripe row's data, P and Q live, in md's syndrome order.
@@ -244,9 +276,7 @@ pub(crate) fn check_range(offset: u64, len: usize, array_bytes: u64) -> io::Resu
         Some(end) if end <= array_bytes => Ok(()),
         _ => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!(
-                "read of {len} bytes at {offset} reaches past the end of the array ({array_bytes} bytes)"
-            ),
+            format!("I/O of {len} bytes at {offset} reaches past the end of the array ({array_bytes} bytes)"),
         )),
     }
 }

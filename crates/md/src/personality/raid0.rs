@@ -1,4 +1,5 @@
-//! raid0: striping over members of possibly different sizes, read path, laid
+//! raid0: striping over members of possibly different sizes, read and write
+//! mapping, laid
 //! out exactly as Linux `drivers/md/raid0.c` lays it out.
 //!
 //! ## Responsibility boundary
@@ -30,7 +31,9 @@
 
 use std::io;
 
-use super::{check_range, unrecoverable, Geometry, GeometryError, Level, Location, MemberRead, Personality};
+use super::{
+    check_range, unrecoverable, Geometry, GeometryError, Level, Location, MemberRead, Personality, WritePiece,
+};
 
 /// Bytes in a sector.
 const SECTOR: u64 = 512;
@@ -210,6 +213,34 @@ impl Raid0 {
         let member_offset = zone.dev_start + chunk * self.chunk_bytes + sect_in_chunk;
         (zone.devs[dev_idx as usize], member_offset, self.chunk_bytes - sect_in_chunk)
     }
+
+    /// Cuts array bytes `offset..offset + len` (inside the array) into
+    /// chunk pieces in array order and hands each to `f` as a run with
+    /// `buf_start` relative to `offset`. Reads and writes both map through
+    /// here.
+    fn walk(
+        &self,
+        offset: u64,
+        len: usize,
+        mut f: impl FnMut(MemberRun) -> io::Result<()>,
+    ) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let mut zone_idx = self.find_zone(offset);
+        let mut done = 0usize;
+        while done < len {
+            let pos = offset + done as u64;
+            while self.zones[zone_idx].zone_end <= pos {
+                zone_idx += 1;
+            }
+            let (slot, member_offset, chunk_left) = self.map_sector(&self.zones[zone_idx], pos);
+            let n = chunk_left.min((len - done) as u64) as usize;
+            f(MemberRun { slot, member_offset, buf_start: done, len: n })?;
+            done += n;
+        }
+        Ok(())
+    }
 }
 
 impl Personality for Raid0 {
@@ -227,34 +258,38 @@ impl Personality for Raid0 {
 
     fn read(&self, members: &dyn MemberRead, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         check_range(offset, buf.len(), self.array_bytes)?;
-        if buf.is_empty() {
-            return Ok(());
-        }
-        let mut zone_idx = self.find_zone(offset);
         let mut pending: Option<MemberRun> = None;
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset + done as u64;
-            while self.zones[zone_idx].zone_end <= pos {
-                zone_idx += 1;
+        self.walk(offset, buf.len(), |piece| {
+            if !members.is_present(piece.slot) {
+                return Err(unrecoverable(&format!(
+                    "raid0 member {} is missing (array byte {})",
+                    piece.slot,
+                    offset + piece.buf_start as u64
+                )));
             }
-            let (slot, member_offset, chunk_left) = self.map_sector(&self.zones[zone_idx], pos);
-            if !members.is_present(slot) {
-                return Err(unrecoverable(&format!("raid0 member {slot} is missing (array byte {pos})")));
-            }
-            let len = chunk_left.min((buf.len() - done) as u64) as usize;
-            let piece = MemberRun { slot, member_offset, buf_start: done, len };
             if !pending.as_mut().is_some_and(|run| run.try_extend(&piece)) {
                 if let Some(run) = pending.replace(piece) {
                     run.read(members, buf)?;
                 }
             }
-            done += len;
-        }
+            Ok(())
+        })?;
         match pending {
             Some(run) => run.read(members, buf),
             None => Ok(()),
         }
+    }
+
+    fn map_write(&self, offset: u64, len: usize) -> io::Result<Vec<WritePiece>> {
+        check_range(offset, len, self.array_bytes)?;
+        let mut runs: Vec<MemberRun> = Vec::new();
+        self.walk(offset, len, |piece| {
+            if !runs.last_mut().is_some_and(|run| run.try_extend(&piece)) {
+                runs.push(piece);
+            }
+            Ok(())
+        })?;
+        Ok(runs.into_iter().map(MemberRun::to_write).collect())
     }
 
     fn locate(&self, offset: u64) -> Vec<Location> {
@@ -299,6 +334,16 @@ impl MemberRun {
             true
         } else {
             false
+        }
+    }
+
+    /// The run as a member write.
+    pub(super) fn to_write(self) -> WritePiece {
+        WritePiece {
+            slot: self.slot,
+            member_offset: self.member_offset,
+            buf_start: self.buf_start,
+            len: self.len,
         }
     }
 

@@ -1,4 +1,4 @@
-//! raid1: mirroring, read path, as Linux `drivers/md/raid1.c` lays it out.
+//! raid1: mirroring, read path and write mapping, as Linux `drivers/md/raid1.c` lays it out.
 //!
 //! ## Responsibility boundary
 //! [`Raid1`] reads array ranges from any present mirror: every mirror holds
@@ -17,7 +17,9 @@
 use std::io;
 
 use super::raid0::MemberRun;
-use super::{check_range, unrecoverable, Geometry, GeometryError, Level, Location, MemberRead, Personality};
+use super::{
+    check_range, unrecoverable, Geometry, GeometryError, Level, Location, MemberRead, Personality, WritePiece,
+};
 
 /// Bytes in a sector.
 const SECTOR: u64 = 512;
@@ -140,6 +142,17 @@ impl Personality for Raid1 {
             return Vec::new();
         }
         (0..self.raid_disks()).map(|slot| Location { slot, offset }).collect()
+    }
+
+    fn map_write(&self, offset: u64, len: usize) -> io::Result<Vec<WritePiece>> {
+        check_range(offset, len, self.array_bytes)?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        // Every mirror holds the array at the same offset of its data area.
+        Ok((0..self.raid_disks())
+            .map(|slot| WritePiece { slot, member_offset: offset, buf_start: 0, len })
+            .collect())
     }
 
     fn io_hint(&self) -> u64 {

@@ -1,4 +1,5 @@
-//! raid10: striped mirrors with md's near, far and offset layouts, read path,
+//! raid10: striped mirrors with md's near, far and offset layouts, read path
+//! and write mapping,
 //! laid out exactly as Linux `drivers/md/raid10.c` lays it out.
 //!
 //! ## Responsibility boundary
@@ -31,7 +32,9 @@
 use std::io;
 
 use super::raid0::MemberRun;
-use super::{check_range, unrecoverable, Geometry, GeometryError, Level, Location, MemberRead, Personality};
+use super::{
+    check_range, unrecoverable, Geometry, GeometryError, Level, Location, MemberRead, Personality, WritePiece,
+};
 
 /// Bytes in a sector.
 const SECTOR: u64 = 512;
@@ -214,6 +217,37 @@ impl Raid10 {
         (dev as usize, stripe)
     }
 
+    /// Where copy (`near`, `far`) of array byte `pos` lives: (slot, byte
+    /// offset in the member's data area). Reads, writes and `locate` all map
+    /// through here.
+    fn copy_location(&self, pos: u64, near: u64, far: u64) -> (usize, u64) {
+        let (slot, row) = self.find_phys(pos / self.chunk_bytes, near, far);
+        (slot, row * self.chunk_bytes + pos % self.chunk_bytes)
+    }
+
+    /// Every copy of a chunk as (near, far) indices, near-major.
+    fn all_copies(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        (0..self.near_copies).flat_map(move |near| (0..self.far_copies).map(move |far| (near, far)))
+    }
+
+    /// Cuts array bytes `offset..offset + len` into chunk pieces and hands
+    /// each to `f` as (array byte, start relative to `offset`, length).
+    fn walk(
+        &self,
+        offset: u64,
+        len: usize,
+        mut f: impl FnMut(u64, usize, usize) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let mut done = 0usize;
+        while done < len {
+            let pos = offset + done as u64;
+            let n = (self.chunk_bytes - pos % self.chunk_bytes).min((len - done) as u64) as usize;
+            f(pos, done, n)?;
+            done += n;
+        }
+        Ok(())
+    }
+
     /// Reads the chunk piece `buf` at array byte `pos` from the first present
     /// copy that reads without error, in read-preference order, skipping
     /// `skip` (a copy already found failing); the last error if none works.
@@ -225,14 +259,13 @@ impl Raid10 {
         skip: Option<usize>,
     ) -> io::Result<()> {
         let chunk = pos / self.chunk_bytes;
-        let in_chunk = pos % self.chunk_bytes;
         let mut last_err = None;
         for (near, far) in self.copy_order(pos) {
-            let (slot, row) = self.find_phys(chunk, near, far);
+            let (slot, member_offset) = self.copy_location(pos, near, far);
             if Some(slot) == skip || !members.is_present(slot) {
                 continue;
             }
-            match members.read_at(slot, row * self.chunk_bytes + in_chunk, buf) {
+            match members.read_at(slot, member_offset, buf) {
                 Ok(()) => return Ok(()),
                 Err(e) => last_err = Some(e),
             }
@@ -254,12 +287,9 @@ impl Raid10 {
     /// The member piece to read for the chunk piece at array byte `pos`:
     /// the first present copy in read-preference order.
     fn choose_copy(&self, members: &dyn MemberRead, pos: u64) -> Option<(usize, u64)> {
-        let chunk = pos / self.chunk_bytes;
-        let in_chunk = pos % self.chunk_bytes;
         self.copy_order(pos)
-            .map(|(near, far)| self.find_phys(chunk, near, far))
+            .map(|(near, far)| self.copy_location(pos, near, far))
             .find(|&(slot, _)| members.is_present(slot))
-            .map(|(slot, row)| (slot, row * self.chunk_bytes + in_chunk))
     }
 
     /// Reads a merged run; when it fails, reads its chunk pieces one by one
@@ -275,17 +305,12 @@ impl Raid10 {
         let Err(err) = run.read(members, buf) else {
             return Ok(());
         };
-        let mut done = run.buf_start;
-        let end = run.buf_start + run.len;
-        while done < end {
-            let pos = offset + done as u64;
-            let len = (self.chunk_bytes - pos % self.chunk_bytes).min((end - done) as u64) as usize;
-            if self.read_piece(members, pos, &mut buf[done..done + len], Some(run.slot)).is_err() {
-                return Err(err);
-            }
-            done += len;
-        }
-        Ok(())
+        let start = offset + run.buf_start as u64;
+        self.walk(start, run.len, |pos, rel, len| {
+            let at = run.buf_start + rel;
+            self.read_piece(members, pos, &mut buf[at..at + len], Some(run.slot))
+        })
+        .map_err(|_| err)
     }
 }
 
@@ -312,10 +337,7 @@ impl Personality for Raid10 {
     fn read(&self, members: &dyn MemberRead, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         check_range(offset, buf.len(), self.array_bytes)?;
         let mut pending: Option<MemberRun> = None;
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset + done as u64;
-            let len = (self.chunk_bytes - pos % self.chunk_bytes).min((buf.len() - done) as u64) as usize;
+        self.walk(offset, buf.len(), |pos, done, len| {
             let Some((slot, member_offset)) = self.choose_copy(members, pos) else {
                 return Err(unrecoverable(&format!(
                     "raid10 chunk {} (array byte {pos}) has no present copy",
@@ -329,8 +351,8 @@ impl Personality for Raid10 {
                     self.read_run(members, offset, &run, buf)?;
                 }
             }
-            done += len;
-        }
+            Ok(())
+        })?;
         match pending {
             Some(run) => self.read_run(members, offset, &run, buf),
             None => Ok(()),
@@ -341,17 +363,32 @@ impl Personality for Raid10 {
         if offset >= self.array_bytes {
             return Vec::new();
         }
-        let chunk = offset / self.chunk_bytes;
-        let in_chunk = offset % self.chunk_bytes;
-        let mut copies: Vec<Location> = (0..self.near_copies)
-            .flat_map(|near| (0..self.far_copies).map(move |far| (near, far)))
+        let mut copies: Vec<Location> = self
+            .all_copies()
             .map(|(near, far)| {
-                let (slot, row) = self.find_phys(chunk, near, far);
-                Location { slot, offset: row * self.chunk_bytes + in_chunk }
+                let (slot, offset) = self.copy_location(offset, near, far);
+                Location { slot, offset }
             })
             .collect();
         copies.sort_unstable();
         copies
+    }
+
+    fn map_write(&self, offset: u64, len: usize) -> io::Result<Vec<WritePiece>> {
+        check_range(offset, len, self.array_bytes)?;
+        // Every copy of every chunk piece, unmerged: copies of one piece
+        // share `buf_start`, which is how the caller tells them apart.
+        let copies = (self.near_copies * self.far_copies) as usize;
+        let mut pieces = Vec::with_capacity((len as u64 / self.chunk_bytes + 2) as usize * copies);
+        self.walk(offset, len, |pos, buf_start, len| {
+            for (near, far) in self.all_copies() {
+                let (slot, member_offset) = self.copy_location(pos, near, far);
+                debug_assert!(member_offset + len as u64 <= self.dev_bytes);
+                pieces.push(WritePiece { slot, member_offset, buf_start, len });
+            }
+            Ok(())
+        })?;
+        Ok(pieces)
     }
 
     fn io_hint(&self) -> u64 {
