@@ -242,12 +242,12 @@ impl Filesystem {
         name == DATA_NAME || (self.null_file && name == NULL_NAME)
     }
 
-    /// The errno for an operation that would modify the filesystem.
+    /// The errno for an operation that would modify the filesystem's
+    /// structure (the only writable thing is the content of `data`).
     fn no_write(&self) -> Errno {
         if self.read_only {
             Errno(libc::EROFS)
         } else {
-            // Writes are not implemented yet; `mount` refuses rw mounts.
             Errno(libc::EPERM)
         }
     }
@@ -356,6 +356,12 @@ impl Filesystem {
                 }
                 _ => Err(Errno(libc::EINVAL)),
             },
+            // fsync(2) on a writable `data` makes its writes durable
+            // (FLUSH is not sent with FOPEN_NOFLUSH, but honoured if it is).
+            op::FLUSH | op::FSYNC if h.nodeid == DATA_ID && !self.read_only => {
+                self.file.flush().map_err(|e| Errno::from_io(&e))?;
+                Ok(Reply::Payload)
+            }
             op::FLUSH | op::RELEASEDIR | op::FSYNC | op::FSYNCDIR => Ok(Reply::Payload),
             op::STATFS => {
                 let size = self.file.size();
@@ -448,6 +454,20 @@ impl Filesystem {
                 abi::encode_attr_out(out, TTL, &self.attr(ino, &node));
                 Ok(Reply::Payload)
             }
+            // A writable `data` cannot be resized (EROFS: truncation is not
+            // supported); time updates and a "resize" to its own size are
+            // accepted as no-ops; mode and owner changes are refused.
+            Node::Data if !self.read_only => {
+                let s = abi::SetattrIn::decode(body)?;
+                if s.valid & fattr::SIZE != 0 && s.size != self.file.size() {
+                    return Err(Errno(libc::EROFS));
+                }
+                if s.valid & !ATTR_SETATTR_OK != 0 {
+                    return Err(Errno(libc::EPERM));
+                }
+                abi::encode_attr_out(out, TTL, &self.attr(ino, &node));
+                Ok(Reply::Payload)
+            }
             _ => Err(self.no_write()),
         }
     }
@@ -457,10 +477,17 @@ impl Filesystem {
         let read_only_open = flags & libc::O_ACCMODE == libc::O_RDONLY && flags & libc::O_TRUNC == 0;
         let (fh, open_flags) = match self.node(ino)? {
             Node::Root => return Err(Errno(libc::EISDIR)),
-            Node::Data | Node::Null if !read_only_open => return Err(self.no_write()),
-            // No FOPEN_KEEP_CACHE (the page cache is dropped on each open)
-            // and no FOPEN_DIRECT_IO (reads go through the page cache).
-            Node::Data => (0, self.open_flags),
+            // Truncation is not supported, also on a writable mount.
+            Node::Data | Node::Null if flags & libc::O_TRUNC != 0 => return Err(Errno(libc::EROFS)),
+            Node::Null if !read_only_open => return Err(Errno(libc::EROFS)),
+            Node::Data if !read_only_open && self.read_only => return Err(Errno(libc::EROFS)),
+            // Read-only: no FOPEN_KEEP_CACHE (the page cache is dropped on
+            // each open) and no FOPEN_DIRECT_IO (reads go through the page
+            // cache). Writable: FOPEN_DIRECT_IO, so that no cached page can
+            // go stale behind a write (at the cost of readahead and read
+            // caching).
+            Node::Data if self.read_only => (0, self.open_flags),
+            Node::Data => (0, self.direct_open_flags),
             Node::Null => (0, self.direct_open_flags),
             Node::Tree(n) => {
                 match n.kind() {
@@ -535,7 +562,23 @@ impl Filesystem {
     /// reply is encoded into the worker's reply buffer: for a prealloc
     /// attribute (and a `store` that does not allocate) this allocates
     /// nothing.
+    ///
+    /// On a writable mount `data` takes writes too: the range must lie
+    /// within the file (else EFBIG, nothing written), then
+    /// [`ArrayFile::write_at`] writes it in full.
     fn write(&self, ino: u64, body: &[u8], out: &mut Vec<u8>) -> Result<Reply, Errno> {
+        if ino == DATA_ID && !self.read_only {
+            let (w, payload) = abi::WriteIn::decode(body)?;
+            let end = w.offset.checked_add(payload.len() as u64).ok_or(Errno(libc::EFBIG))?;
+            if end > self.file.size() {
+                return Err(Errno(libc::EFBIG));
+            }
+            if !payload.is_empty() {
+                self.file.write_at(w.offset, payload).map_err(|e| Errno::from_io(&e))?;
+            }
+            abi::encode_write_out(out, u32::try_from(payload.len()).unwrap_or(w.size));
+            return Ok(Reply::Payload);
+        }
         if !is_tree_ino(ino) {
             return Err(self.no_write());
         }

@@ -191,6 +191,22 @@ pub trait ArrayFile: Send + Sync + 'static {
     /// the reader's `read(2)`: the error's OS error code if it has one in
     /// 1..=511, EIO otherwise. A panic also becomes EIO.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+
+    /// Write all of `data` at `offset` (`offset + data.len() <= size()` is
+    /// guaranteed by the caller: a write past the end is answered EFBIG
+    /// without calling this). Called only on a mount with
+    /// [`MountOptions::read_only`] `false`. Errors map as for
+    /// [`read_at`](Self::read_at). The default refuses with EROFS.
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let _ = (offset, data);
+        Err(io::Error::from_raw_os_error(libc::EROFS))
+    }
+
+    /// Make every completed write durable (`fsync(2)`/`fdatasync(2)` on
+    /// `data`). The default has nothing to flush.
+    fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Name of the optional null file (see [`MountOptions::null_file`]).
@@ -206,8 +222,15 @@ pub struct MountOptions {
     /// Number of worker threads serving requests (at least 1; 0 is taken
     /// as 1). Default 4.
     pub threads: usize,
-    /// Mount read-only. Only `true` is supported for now: [`mount`] refuses
-    /// `false` with [`io::ErrorKind::Unsupported`].
+    /// Mount read-only. With `false`, `data` opens for writing: WRITE goes
+    /// to [`ArrayFile::write_at`] (past the end: EFBIG), FSYNC/FLUSH to
+    /// [`ArrayFile::flush`]; `data` is then opened with `FOPEN_DIRECT_IO`
+    /// (no page cache, so no stale cached pages after a write; the cost is
+    /// no readahead and no caching of reads: every read reaches the server
+    /// with the caller's own size). `data` cannot be resized: truncation
+    /// (`O_TRUNC`, `truncate(2)` to another size) fails EROFS; creating,
+    /// removing or renaming anything fails EPERM. The mount is not
+    /// `MS_RDONLY`.
     pub read_only: bool,
     /// Source shown in `/proc/mounts`, e.g. `"umd:raid5"`. Must not contain
     /// a NUL byte.
@@ -217,7 +240,7 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// An attribute tree to serve: the children of its root appear in `DIR`
     /// next to `data` (in `umd`, `DIR/md/...`). Its attributes are writable
-    /// as their modes say even though `data` stays read-only, so with a tree
+    /// as their modes say even when `data` is read-only, so with a tree
     /// the mount itself is not `MS_RDONLY`; creating, removing, renaming
     /// or resizing anything still fails with EROFS. [`mount`] refuses a tree
     /// whose root has an active child named `data` (or `null` with
@@ -435,12 +458,6 @@ fn mount_syscall(
 /// `fusermount3` helper. The kernel's `FUSE_INIT` is answered before this
 /// returns, so the mount is ready for use. On error nothing stays mounted.
 pub fn mount(dir: &Path, file: Arc<dyn ArrayFile>, opts: MountOptions) -> io::Result<Mount> {
-    if !opts.read_only {
-        return Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "read-write export is not implemented yet".to_string(),
-        ));
-    }
     if let Some(tree) = &opts.tree {
         let root = tree.root();
         for name in [DATA_FILE, NULL_FILE] {

@@ -146,10 +146,24 @@ fn refuses_missing_or_non_directory_mount_point() {
         assert!(!is_mounted(&regular));
         std::fs::remove_file(&regular).expect("cleanup");
 
+        // Read-write: `data` opens for writing; an ArrayFile without its
+        // own write_at refuses (EROFS), past the end is EFBIG, O_TRUNC EROFS.
         let mut o = options();
         o.read_only = false;
-        let e = export::mount(&dir.path, file, o).expect_err("rw not supported");
-        assert_eq!(e.kind(), std::io::ErrorKind::Unsupported);
+        let m = export::mount(&dir.path, file, o).expect("rw mount");
+        {
+            use std::os::unix::fs::FileExt;
+            let data = dir.path.join("data");
+            let f = std::fs::OpenOptions::new().read(true).write(true).open(&data).expect("open rw");
+            let e = f.write_at(b"x", 0).expect_err("default write_at");
+            assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+            let e = f.write_at(b"xy", 4095).expect_err("past the end");
+            assert_eq!(e.raw_os_error(), Some(libc::EFBIG), "{e}");
+            let e = std::fs::OpenOptions::new().write(true).truncate(true).open(&data).expect_err("O_TRUNC");
+            assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+            f.sync_all().expect("fsync");
+        }
+        drop(m);
         assert!(!is_mounted(&dir.path));
     });
 }

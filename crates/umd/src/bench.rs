@@ -278,7 +278,7 @@ fn fuse_attr_bench(quick: bool, dir: Option<PathBuf>) -> Result<FuseFigures, Cli
     std::fs::create_dir_all(&mnt).map_err(|e| CliError(format!("{}: {e}", mnt.display())))?;
     let mount = export::mount(
         &mnt,
-        Arc::new(crate::mount::ArrayAdapter(asm.array)),
+        Arc::new(crate::mount::ArrayAdapter { array: asm.array, state: None }),
         export::MountOptions {
             threads: 2,
             read_only: true,

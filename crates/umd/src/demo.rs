@@ -123,7 +123,7 @@ pub fn run(dir: Option<PathBuf>, keep: bool, member_mib: u64) -> CmdResult {
     })?;
     let mount = export::mount(
         &mnt,
-        Arc::new(crate::mount::ArrayAdapter(asm.array)),
+        Arc::new(crate::mount::ArrayAdapter { array: asm.array, state: None }),
         export::MountOptions {
             threads: 2,
             fsname: "umd:demo".into(),

@@ -74,7 +74,8 @@ enum Command {
     /// Assemble an array and serve it through a FUSE mount as DIR/data.
     #[command(alias = "A")]
     Assemble {
-        /// Assemble read-only (required for now: writes come in a later version).
+        /// Assemble read-only. Without it, raid0/raid1/raid10 are served read-write
+        /// (parity levels are refused).
         #[arg(long, short = 'o')]
         readonly: bool,
         /// Directory to mount the array on.

@@ -1,4 +1,13 @@
-//! `umd assemble --readonly --mount DIR` and `umd stop DIR`.
+//! `umd assemble [--readonly] --mount DIR` and `umd stop DIR`.
+//!
+//! Without `--readonly`, raid0/raid1/raid10 arrays are served read-write:
+//! members open read-write, md's attributes are published as a running
+//! array with external metadata (`array_state` starts `clean`), and every
+//! write through `DIR/data` runs md's write handshake
+//! ([`md::state::StateMachine::write_start`]/`write_end`). Until the
+//! metadata manager of issue 7 exists, this process acknowledges the
+//! handshake itself (see [`MetadataAcknowledger`]). Parity levels are
+//! refused (their writes come with the stripe cache).
 //!
 //! The serving process records its PID in `/run/umd/<escaped DIR>.pid`;
 //! `umd stop DIR` sends it SIGTERM and waits until the mount is gone. The
@@ -13,13 +22,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use md::{assemble as md_assemble, Array, AssembleOptions};
+use md::{assemble as md_assemble, Array, AssembleOptions, Level};
 
 use crate::{CliError, CmdResult};
 
 /// Options of `umd assemble`.
 pub struct Options {
-    /// Read-only (required for now).
+    /// Read-only; without it raid0/1/10 are served read-write.
     pub readonly: bool,
     /// Mount directory.
     pub dir: PathBuf,
@@ -36,15 +45,92 @@ pub struct Options {
 }
 
 /// The array as the FUSE layer sees it.
-pub struct ArrayAdapter(pub Array);
+pub struct ArrayAdapter {
+    /// The array.
+    pub array: Array,
+    /// md's state machine of a writable array: every write is bracketed
+    /// by its `write_start`/`write_end`. `None`: writes are refused (EROFS).
+    pub state: Option<Arc<md::state::StateMachine>>,
+}
 
 impl export::ArrayFile for ArrayAdapter {
     fn size(&self) -> u64 {
-        self.0.size()
+        self.array.size()
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.0.read_at(offset, buf)
+        self.array.read_at(offset, buf)
+    }
+
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let Some(state) = &self.state else { return Err(io::Error::from_raw_os_error(libc::EROFS)) };
+        state.write_start().map_err(io::Error::from_raw_os_error)?;
+        let r = self.array.write_at(offset, data);
+        state.write_end();
+        r
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        if self.state.is_none() {
+            return Ok(());
+        }
+        self.array.flush()
+    }
+}
+
+/// The internal metadata acknowledger: stands in for the external metadata
+/// manager (issue 7 replaces it with the real one) so that writes do not
+/// block forever in md's handshake. It watches `md/array_state` through an
+/// open kernfs file (read at offset 0, then [`kernfs::OpenFile::poll_wait`])
+/// and stores `active` when it reads `write-pending`, `clean` when it reads
+/// `active-idle`. It writes no superblocks: the on-disk state is not marked
+/// dirty/clean (members stay as `umd create --assume-clean` or the last
+/// md run left them).
+struct MetadataAcknowledger {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MetadataAcknowledger {
+    fn start(array_state: &kernfs::NodeRef) -> io::Result<MetadataAcknowledger> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let file = array_state
+            .open(kernfs::OpenFlags { read: true, write: true })
+            .map_err(io::Error::from_raw_os_error)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new().name("umd-md-ack".into()).spawn(move || {
+            let mut buf = [0u8; 64];
+            while !flag.load(Ordering::Acquire) {
+                let n = match file.read(0, &mut buf) {
+                    Ok(n) => n,
+                    Err(_) => return, // the attribute is gone
+                };
+                let word = buf[..n].strip_suffix(b"\n").unwrap_or(&buf[..n]);
+                let reply: Option<&[u8]> = match word {
+                    b"write-pending" => Some(b"active"),
+                    b"active-idle" => Some(b"clean"),
+                    _ => None,
+                };
+                if let Some(r) = reply {
+                    // EBUSY (`clean` while a write started meanwhile): the
+                    // next notify brings us back.
+                    let _ = file.write(0, r);
+                    continue;
+                }
+                file.poll_wait(Duration::from_millis(250));
+            }
+        })?;
+        Ok(MetadataAcknowledger { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for MetadataAcknowledger {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -103,12 +189,6 @@ fn escape_mount_path(p: &str) -> String {
 
 /// Runs `umd assemble`.
 pub fn assemble(members: &[PathBuf], o: Options) -> CmdResult {
-    if !o.readonly {
-        return Err(CliError(
-            "read-write assembly is not available yet: use --readonly (writes arrive with `umd create` and the write path)"
-                .into(),
-        ));
-    }
     let dir = absolute(&o.dir);
     let meta = std::fs::metadata(&dir).map_err(|e| CliError(format!("{}: {e}", dir.display())))?;
     if !meta.is_dir() {
@@ -118,7 +198,15 @@ pub fn assemble(members: &[PathBuf], o: Options) -> CmdResult {
         return Err(CliError(format!("{}: something is already mounted here", dir.display())));
     }
     // Assemble before detaching, so errors reach the user's terminal.
-    let asm = md_assemble(members, &AssembleOptions { force: o.force, faults: o.faults.clone() })?;
+    let aopts = AssembleOptions { force: o.force, faults: o.faults.clone() };
+    let asm =
+        if o.readonly { md_assemble(members, &aopts)? } else { md::assemble_writable(members, &aopts)? };
+    if !o.readonly {
+        let level = asm.array.personality.geometry().level;
+        if !matches!(level, Level::Raid0 | Level::Raid1 | Level::Raid10) {
+            return Err(CliError(format!("{level} writes are not supported yet; use --readonly")));
+        }
+    }
     for n in &asm.notes {
         eprintln!("umd: {n}");
     }
@@ -231,7 +319,7 @@ fn serve(array: Array, degraded: bool, dir: &Path, o: &Options, ready_fd: Option
     let uuid = md::superblock::format_uuid(&array.sb.set_uuid);
     // md's attribute tree, served as DIR/md/.
     let tree = kernfs::Kernfs::new();
-    let sysfs = match md::sysfs::publish(&tree, &tree.root(), &array, true) {
+    let sysfs = match md::sysfs::publish(&tree, &tree.root(), &array, o.readonly) {
         Ok(s) => Arc::new(s),
         Err(e) => {
             let msg = format!(
@@ -248,15 +336,31 @@ fn serve(array: Array, degraded: bool, dir: &Path, o: &Options, ready_fd: Option
             eprintln!("umd: warning: test hooks unavailable: errno {e}");
         }
     }
+    let acknowledger = if o.readonly {
+        None
+    } else {
+        match MetadataAcknowledger::start(&sysfs.array_state) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                let msg = format!("{}: metadata acknowledger: {e}", dir.display());
+                write_ready(ready_fd, &format!("err {msg}\n"));
+                return Err(CliError(msg));
+            }
+        }
+    };
     let opts = export::MountOptions {
         threads: o.threads.clamp(1, 64),
-        read_only: true,
+        read_only: o.readonly,
         fsname: format!("umd:{name}"),
         allow_other: o.allow_other,
         tree: Some(tree.clone()),
         null_file: false,
     };
-    let mount = match export::mount(dir, Arc::new(ArrayAdapter(array)), opts) {
+    let mount = match export::mount(
+        dir,
+        Arc::new(ArrayAdapter { array, state: (!o.readonly).then(|| sysfs.machine().clone()) }),
+        opts,
+    ) {
         Ok(m) => m,
         Err(e) => {
             let msg = format!("{}: mount failed: {e}", dir.display());
@@ -286,9 +390,10 @@ fn serve(array: Array, degraded: bool, dir: &Path, o: &Options, ready_fd: Option
         })
         .map_err(|e| CliError(format!("signal thread: {e}")))?;
     let ready = format!(
-        "umd: {level} array {name} ({uuid}) of {} bytes{} mounted read-only at {} (file {})",
+        "umd: {level} array {name} ({uuid}) of {} bytes{} mounted {} at {} (file {})",
         size,
         if degraded { ", DEGRADED" } else { "" },
+        if o.readonly { "read-only" } else { "read-write" },
         dir.display(),
         dir.join("data").display()
     );
@@ -299,6 +404,8 @@ fn serve(array: Array, degraded: bool, dir: &Path, o: &Options, ready_fd: Option
         let _ = io::stdout().flush();
     }
     let r = mount.wait();
+    // Every FUSE worker is gone: no write is in flight any more.
+    drop(acknowledger);
     drop(sysfs);
     let _ = std::fs::remove_file(&pidf);
     if ready_fd.is_some() {
