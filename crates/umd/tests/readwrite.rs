@@ -124,6 +124,21 @@ fn raid1_read_write() {
 }
 
 #[test]
+fn raid0_read_write() {
+    write_read_back("rw-raid0", &["-l", "0", "-n", "3", "-c", "16", "-z", "2M"], 3, 0x0bad_cafe);
+}
+
+#[test]
+fn raid10_far_read_write() {
+    write_read_back(
+        "rw-raid10f2",
+        &["-l", "10", "-n", "3", "-p", "f2", "-c", "32", "-z", "2M", "--assume-clean"],
+        3,
+        0x5eed_f00d,
+    );
+}
+
+#[test]
 fn raid10_read_write() {
     write_read_back(
         "rw-raid10",
