@@ -8,29 +8,47 @@ use md::superblock::format_uuid;
 
 use crate::{CliError, CmdResult};
 
-/// The options of `umd create`, as parsed.
+/// The options of `umd create`, as parsed (mdadm's names and short forms).
+#[derive(clap::Args, Debug)]
 pub struct Options {
-    /// `--level`.
+    /// RAID level: 0, 1, 4, 5, 6, 10 (or raid0, mirror, …).
+    #[arg(short, long)]
     pub level: String,
-    /// `--raid-devices`.
+    /// Number of active devices (members listed, `missing` included).
+    #[arg(short = 'n', long)]
     pub raid_devices: usize,
-    /// `--chunk` (mdadm size syntax, K by default).
+    /// Chunk size (K by default; K, M, G suffixes), a power of two of at
+    /// least 4K; default 512K (none for raid1).
+    #[arg(short, long)]
     pub chunk: Option<String>,
-    /// `--layout` / `--parity`.
+    /// Layout: raid5/6 left-symmetric (default), right-symmetric,
+    /// left-asymmetric, right-asymmetric, parity-first, parity-last, …;
+    /// raid10 nN (default n2), fN, oN; raid0 original (default), alternate.
+    #[arg(short = 'p', long, visible_alias = "parity")]
     pub layout: Option<String>,
-    /// `--name`.
+    /// Array name (stored as HOMEHOST:NAME); default "0".
+    #[arg(short = 'N', long)]
     pub name: Option<String>,
-    /// `--homehost`.
+    /// Home host recorded in the name (default: this host's name).
+    #[arg(long)]
     pub homehost: Option<String>,
-    /// `--size` per member (mdadm size syntax).
+    /// Space used on each member (K by default; K, M, G, T suffixes);
+    /// default: the smallest member's. Required to create image files.
+    #[arg(short = 'z', long)]
     pub size: Option<String>,
-    /// `--metadata`.
+    /// Metadata version: only 1.2 (the default).
+    #[arg(short = 'e', long)]
     pub metadata: Option<String>,
-    /// `--assume-clean`.
+    /// Mark the array clean (in sync) instead of needing a resync.
+    #[arg(long)]
     pub assume_clean: bool,
-    /// `--force`.
+    /// Overwrite members that hold md superblocks or file systems; accept
+    /// members of unequal size (the smallest decides) and 1-member arrays.
+    #[arg(short, long)]
     pub force: bool,
-    /// Members; `missing` for an empty slot.
+    /// Member devices or image files, in slot order; `missing` leaves a
+    /// slot empty (a degraded array).
+    #[arg(required = true)]
     pub members: Vec<PathBuf>,
 }
 

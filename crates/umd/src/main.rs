@@ -122,47 +122,7 @@ enum Command {
     /// now. raid4/5 are not built degraded-plus-spare as mdadm does without
     /// --force; they are marked for resync, as with `mdadm --create --force`.
     #[command(alias = "C")]
-    Create {
-        /// RAID level: 0, 1, 4, 5, 6, 10 (or raid0, mirror, …).
-        #[arg(short, long)]
-        level: String,
-        /// Number of active devices (members listed, `missing` included).
-        #[arg(short = 'n', long)]
-        raid_devices: usize,
-        /// Chunk size (K by default; K, M, G suffixes), a power of two of at
-        /// least 4K; default 512K (none for raid1).
-        #[arg(short, long)]
-        chunk: Option<String>,
-        /// Layout: raid5/6 left-symmetric (default), right-symmetric,
-        /// left-asymmetric, right-asymmetric, parity-first, parity-last, …;
-        /// raid10 nN (default n2), fN, oN; raid0 original (default), alternate.
-        #[arg(short = 'p', long, visible_alias = "parity")]
-        layout: Option<String>,
-        /// Array name (stored as HOMEHOST:NAME); default "0".
-        #[arg(short = 'N', long)]
-        name: Option<String>,
-        /// Home host recorded in the name (default: this host's name).
-        #[arg(long)]
-        homehost: Option<String>,
-        /// Space used on each member (K by default; K, M, G, T suffixes);
-        /// default: the smallest member's. Required to create image files.
-        #[arg(short = 'z', long)]
-        size: Option<String>,
-        /// Metadata version: only 1.2 (the default).
-        #[arg(short = 'e', long)]
-        metadata: Option<String>,
-        /// Mark the array clean (in sync) instead of needing a resync.
-        #[arg(long)]
-        assume_clean: bool,
-        /// Overwrite members that hold md superblocks or file systems; accept
-        /// members of unequal size (the smallest decides) and 1-member arrays.
-        #[arg(short, long)]
-        force: bool,
-        /// Member devices or image files, in slot order; `missing` leaves a
-        /// slot empty (a degraded array).
-        #[arg(required = true)]
-        members: Vec<PathBuf>,
-    },
+    Create(create::Options),
     /// Print the grammar of fault specs (`--faults`, `--member-faults`).
     HelpFaults,
     /// Stop the array served at DIR: unmount it and end its process.
@@ -249,31 +209,7 @@ fn main() -> ExitCode {
                 mount::Options { readonly, dir: mount, daemon, threads, force, allow_other, faults },
             )
         }),
-        Command::Create {
-            level,
-            raid_devices,
-            chunk,
-            layout,
-            name,
-            homehost,
-            size,
-            metadata,
-            assume_clean,
-            force,
-            members,
-        } => create::run(create::Options {
-            level,
-            raid_devices,
-            chunk,
-            layout,
-            name,
-            homehost,
-            size,
-            metadata,
-            assume_clean,
-            force,
-            members,
-        }),
+        Command::Create(opts) => create::run(opts),
         Command::HelpFaults => {
             print!("{}", faults::HELP);
             Ok(())

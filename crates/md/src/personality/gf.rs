@@ -286,7 +286,7 @@ pub fn raid6_2data_recov(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Q computed from the definition, for cross-checking.
@@ -306,8 +306,9 @@ mod tests {
         q
     }
 
-    /// Deterministic pseudo-random bytes (xorshift).
-    fn noise(seed: u64, len: usize) -> Vec<u8> {
+    /// Deterministic pseudo-random bytes (xorshift); shared by the parity
+    /// unit tests of this module and `simd`.
+    pub(crate) fn noise(seed: u64, len: usize) -> Vec<u8> {
         let mut s = seed | 1;
         (0..len)
             .map(|_| {
