@@ -50,6 +50,12 @@ const TREE_ENTRY_TTL: Timeout = Timeout { secs: 0, nsecs: 0 };
 /// Largest read reply the data buffer is grown to, should the kernel ever
 /// ask for more than was negotiated.
 const MAX_READ_REPLY: usize = 64 << 20;
+/// Most bytes one COPY_FILE_RANGE(_64) request copies: the kernel's
+/// `MAX_RW_COUNT` (`INT_MAX & PAGE_MASK`), the most one read or write moves
+/// in one call. A longer request is answered with this short count and the
+/// caller goes on from there, as `copy_file_range(2)` allows. It also fits
+/// the 32-bit count of `FUSE_COPY_FILE_RANGE`'s reply (`fuse_write_out`).
+const MAX_COPY: u64 = 0x7fff_f000;
 /// What a regular file without its own poll reports (the kernel's
 /// `DEFAULT_POLLMASK`).
 const DEFAULT_POLLMASK: u32 = (libc::POLLIN | libc::POLLOUT | libc::POLLRDNORM | libc::POLLWRNORM) as u32;
@@ -404,8 +410,17 @@ impl Filesystem {
             | op::LINK
             | op::CREATE
             | op::TMPFILE
-            | op::FALLOCATE
-            | op::COPY_FILE_RANGE => Err(self.no_write()),
+            | op::FALLOCATE => Err(self.no_write()),
+            op::COPY_FILE_RANGE | op::COPY_FILE_RANGE_64 => {
+                let n = self.copy_file_range(h.nodeid, body, &mut bufs.data)?;
+                if h.opcode == op::COPY_FILE_RANGE {
+                    // n <= MAX_COPY < 2^32.
+                    abi::encode_write_out(&mut bufs.out, u32::try_from(n).map_err(|_| Errno(libc::EIO))?);
+                } else {
+                    abi::encode_copy_file_range_out(&mut bufs.out, n);
+                }
+                Ok(Reply::Payload)
+            }
             op::DESTROY => Ok(Reply::Payload),
             // A second INIT is a protocol violation.
             op::INIT => Err(Errno(libc::EPROTO)),
@@ -590,6 +605,55 @@ impl Filesystem {
         Ok(Reply::Payload)
     }
 
+    /// COPY_FILE_RANGE and COPY_FILE_RANGE_64 (`copy_file_range(2)` with
+    /// both files on this mount; the header's node id is the source's).
+    /// Returns the bytes copied.
+    ///
+    /// Only `data` to `data` on a writable mount is served, by
+    /// [`ArrayFile::copy_range`], with the kernel's own rules
+    /// (`generic_copy_file_checks`) applied again here: a source range past
+    /// the end is cut at the end (0 at or past it), a destination range
+    /// past the end is EFBIG (the file cannot grow; nothing is written, as
+    /// for WRITE), overlapping ranges are EINVAL, `flags` must be 0
+    /// (EINVAL), and a copy is cut to [`MAX_COPY`] bytes (a short count).
+    /// Anything else (an attribute or `null` on either side) is EOPNOTSUPP,
+    /// so that the kernel (a splice within one filesystem) or the caller
+    /// copies by reading and writing: not ENOSYS, which would switch
+    /// `copy_file_range` off for the whole connection, `data` included. A
+    /// read-only mount answers EROFS (the kernel does not send the request
+    /// there: `data` cannot be opened for writing).
+    fn copy_file_range(&self, src_ino: u64, body: &[u8], buf: &mut [u8]) -> Result<u64, Errno> {
+        let c = abi::CopyFileRangeIn::decode(body)?;
+        if c.flags != 0 {
+            return Err(Errno(libc::EINVAL));
+        }
+        if src_ino != DATA_ID || c.nodeid_out != DATA_ID {
+            return Err(Errno(libc::EOPNOTSUPP));
+        }
+        if self.read_only {
+            return Err(Errno(libc::EROFS));
+        }
+        let size = self.file.size();
+        if c.off_in >= size || c.len == 0 {
+            return Ok(0);
+        }
+        let count = c.len.min(size - c.off_in).min(MAX_COPY);
+        let end = c.off_out.checked_add(count).ok_or(Errno(libc::EFBIG))?;
+        if end > size {
+            return Err(Errno(libc::EFBIG));
+        }
+        // Same file: the ranges must not overlap (c.off_in + count <= size).
+        if end > c.off_in && c.off_out < c.off_in + count {
+            return Err(Errno(libc::EINVAL));
+        }
+        let n = self.file.copy_range(c.off_in, c.off_out, count, buf).map_err(|e| Errno::from_io(&e))?;
+        if n > count {
+            // The kernel would take more than it asked for as an error too.
+            return Err(Errno(libc::EIO));
+        }
+        Ok(n)
+    }
+
     /// POLL. Never ENOSYS, which would switch poll off for the whole
     /// connection.
     fn poll(&self, ino: u64, body: &[u8], out: &mut Vec<u8>) -> Result<Reply, Errno> {
@@ -723,6 +787,107 @@ mod tests {
         assert_eq!(fs.handle(&h, &body, &mut bufs), Err(Errno(libc::EROFS)));
         assert_eq!(fs.handle(&header(op::GETATTR, 99), &[], &mut bufs), Err(Errno(libc::ENOENT)));
         assert_eq!(fs.handle(&header(op::GETXATTR, 1), &[], &mut bufs), Err(Errno(libc::ENOSYS)));
+    }
+
+    /// A writable file in memory, counting the bytes written.
+    struct Mem(std::sync::Mutex<Vec<u8>>);
+    impl ArrayFile for Mem {
+        fn size(&self) -> u64 {
+            self.0.lock().expect("mem").len() as u64
+        }
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+            let m = self.0.lock().expect("mem");
+            buf.copy_from_slice(&m[offset as usize..offset as usize + buf.len()]);
+            Ok(())
+        }
+        fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+            let mut m = self.0.lock().expect("mem");
+            m[offset as usize..offset as usize + data.len()].copy_from_slice(data);
+            Ok(())
+        }
+    }
+
+    fn copy_body(off_in: u64, nodeid_out: u64, off_out: u64, len: u64, flags: u64) -> Vec<u8> {
+        let mut b = Vec::new();
+        for v in [0, off_in, nodeid_out, 0, off_out, len, flags] {
+            abi::put_u64(&mut b, v);
+        }
+        b
+    }
+
+    #[test]
+    fn copy_file_range_within_data() {
+        let init: Vec<u8> = (0..10_000u32).map(|i| (i * 7 + i / 256) as u8).collect();
+        let file = Arc::new(Mem(std::sync::Mutex::new(init.clone())));
+        let fs = Filesystem::new(file.clone(), false, 0, 0, 35);
+        // A small data buffer: the default copies through it in pieces.
+        let mut bufs = ReplyBufs::new(1000);
+        let mut model = init.clone();
+        let h64 = header(op::COPY_FILE_RANGE_64, DATA_ID);
+        let h32 = header(op::COPY_FILE_RANGE, DATA_ID);
+        // Unaligned, several pieces, the 64-bit reply.
+        assert_eq!(fs.handle(&h64, &copy_body(13, DATA_ID, 5_001, 2_500, 0), &mut bufs), Ok(Reply::Payload));
+        assert_eq!(bufs.out, 2_500u64.to_ne_bytes());
+        model.copy_within(13..2_513, 5_001);
+        // Source crossing the end: cut there; the 32-bit reply.
+        assert_eq!(fs.handle(&h32, &copy_body(9_000, DATA_ID, 100, 5_000, 0), &mut bufs), Ok(Reply::Payload));
+        assert_eq!(&bufs.out[..4], &1_000u32.to_ne_bytes());
+        assert_eq!(bufs.out.len(), 8);
+        model.copy_within(9_000..10_000, 100);
+        // At or past the end: 0.
+        for off in [10_000, u64::MAX] {
+            assert_eq!(fs.handle(&h64, &copy_body(off, DATA_ID, 0, 10, 0), &mut bufs), Ok(Reply::Payload));
+            assert_eq!(bufs.out, 0u64.to_ne_bytes());
+        }
+        assert_eq!(*file.0.lock().expect("mem"), model);
+        // Refused, nothing written: destination past the end (also when
+        // the sum wraps), overlap (either way round), flags.
+        let refused = [
+            (copy_body(0, DATA_ID, 9_999, 2, 0), libc::EFBIG),
+            (copy_body(0, DATA_ID, u64::MAX - 1, 4, 0), libc::EFBIG),
+            (copy_body(0, DATA_ID, 99, 100, 0), libc::EINVAL),
+            (copy_body(100, DATA_ID, 1, 100, 0), libc::EINVAL),
+            (copy_body(100, DATA_ID, 100, 1, 0), libc::EINVAL),
+            (copy_body(0, DATA_ID, 100, 10, 1), libc::EINVAL),
+            (copy_body(0, NULL_ID, 100, 10, 0), libc::EOPNOTSUPP),
+            (copy_body(0, TREE_INO_OFFSET + 5, 100, 10, 0), libc::EOPNOTSUPP),
+        ];
+        for (body, errno) in refused {
+            assert_eq!(fs.handle(&h64, &body, &mut bufs), Err(Errno(errno)), "{body:?}");
+            assert_eq!(fs.handle(&h32, &body, &mut bufs), Err(Errno(errno)), "{body:?}");
+        }
+        // Adjacent ranges are fine.
+        assert_eq!(fs.handle(&h64, &copy_body(0, DATA_ID, 100, 100, 0), &mut bufs), Ok(Reply::Payload));
+        model.copy_within(0..100, 100);
+        // From an attribute (or null) into data: EOPNOTSUPP too.
+        let h = header(op::COPY_FILE_RANGE_64, TREE_INO_OFFSET + 5);
+        assert_eq!(fs.handle(&h, &copy_body(0, DATA_ID, 0, 1, 0), &mut bufs), Err(Errno(libc::EOPNOTSUPP)));
+        assert_eq!(fs.handle(&h64, &[0u8; 55], &mut bufs), Err(Errno(libc::EINVAL)));
+        assert_eq!(*file.0.lock().expect("mem"), model);
+
+        // A read-only mount: EROFS, still EOPNOTSUPP for attributes.
+        let ro = Filesystem::new(file.clone(), true, 0, 0, 35);
+        let body = copy_body(0, DATA_ID, 5_000, 10, 0);
+        assert_eq!(ro.handle(&h64, &body, &mut bufs), Err(Errno(libc::EROFS)));
+        let body = copy_body(0, TREE_INO_OFFSET + 5, 5_000, 10, 0);
+        assert_eq!(ro.handle(&h64, &body, &mut bufs), Err(Errno(libc::EOPNOTSUPP)));
+        assert_eq!(*file.0.lock().expect("mem"), model);
+    }
+
+    #[test]
+    fn copy_by_read_write_pieces_and_errors() {
+        let file = Mem(std::sync::Mutex::new((0..=255u8).collect()));
+        // An empty buffer is replaced.
+        assert_eq!(crate::copy_by_read_write(&file, 0, 128, 100, &mut []).expect("copy"), 100);
+        let mut buf = [0u8; 7];
+        assert_eq!(crate::copy_by_read_write(&file, 200, 10, 50, &mut buf).expect("copy"), 50);
+        let mut model: Vec<u8> = (0..=255u8).collect();
+        model.copy_within(0..100, 128);
+        model.copy_within(200..250, 10);
+        assert_eq!(*file.0.lock().expect("mem"), model);
+        // The default write_at refuses: the error when nothing was copied.
+        let e = crate::copy_by_read_write(&Zeros(100), 0, 50, 10, &mut buf).expect_err("EROFS");
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS));
     }
 
     #[test]

@@ -15,8 +15,10 @@
 //! descriptors, the poll notifier thread, node ids (inode numbers),
 //! attributes, directory listings, the table of attribute files open
 //! through FUSE, and the mapping of each request to a reply. It knows
-//! nothing of md: it calls [`ArrayFile::size`] and [`ArrayFile::read_at`],
-//! with ranges already clamped to the size, and for the tree
+//! nothing of md: it calls [`ArrayFile::size`] and [`ArrayFile::read_at`]
+//! (on a writable mount also [`write_at`](ArrayFile::write_at),
+//! [`flush`](ArrayFile::flush) and [`copy_range`](ArrayFile::copy_range)),
+//! with ranges already clamped or checked against the size, and for the tree
 //! [`kernfs::Kernfs`]'s lookup/readdir/node and [`kernfs::Node::open`] plus
 //! the [`kernfs::OpenFile`] operations; what an attribute shows or accepts,
 //! and when it notifies, is the tree owner's business. It does not cache
@@ -49,16 +51,34 @@
 //!
 //! Handled: LOOKUP, FORGET, BATCH_FORGET, GETATTR, SETATTR, READLINK, OPEN,
 //! READ, WRITE, FLUSH, RELEASE, FSYNC, OPENDIR, READDIR, RELEASEDIR,
-//! FSYNCDIR, STATFS, ACCESS, POLL, INTERRUPT (ignored: every request
-//! completes promptly), DESTROY. Creating, removing, renaming, linking,
-//! `chmod`/`chown` and resizing answer EROFS; everything else ENOSYS
+//! FSYNCDIR, STATFS, ACCESS, POLL, COPY_FILE_RANGE and COPY_FILE_RANGE_64
+//! (7.45; kernels that know it send it whatever minor was negotiated),
+//! INTERRUPT (ignored: every request completes promptly), DESTROY.
+//! Creating, removing, renaming, linking, `chmod`/`chown` and resizing
+//! answer EROFS (EPERM on a writable mount); everything else ENOSYS
 //! (xattrs, locks, lseek, ...; the kernel then stops asking). POLL is never
 //! ENOSYS (that would switch poll off for the whole connection): `data`,
-//! `null` and directories report the kernel's default mask.
+//! `null` and directories report the kernel's default mask. Nor is
+//! COPY_FILE_RANGE (that would switch `copy_file_range` off): a copy not
+//! from `data` to `data` answers EOPNOTSUPP (`data` to `data` on a
+//! read-only mount EROFS), on which the kernel copies by reading and
+//! writing itself (a splice within one filesystem; seen on Linux 6.18) or
+//! hands EOPNOTSUPP to the caller, which does.
+//!
+//! * `copy_file_range(2)` from `data` to `data` (writable mount) goes to
+//!   [`ArrayFile::copy_range`], with the kernel's checks applied again: the
+//!   source range is cut at the end of the file (a short count, 0 at or
+//!   past the end), a destination range reaching past the end answers
+//!   EFBIG with nothing written (the file never grows, wraps or is
+//!   truncated), overlapping ranges answer EINVAL, non-zero flags EINVAL,
+//!   and one request copies at most `0x7fff_f000` bytes (the kernel's
+//!   `MAX_RW_COUNT`; a short count). [`ArrayFile::copy_range`]'s default
+//!   copies through the worker's data buffer with `read_at`/`write_at`.
 //!
 //! * `data`: read-only (OPEN for writing or with `O_TRUNC` is EROFS),
-//!   through the page cache. With 7.35 or later OPEN replies
-//!   `FOPEN_NOFLUSH`, so closing costs no round trip, and a process reading
+//!   through the page cache, unless [`MountOptions::read_only`] is `false`
+//!   (see there: writes, `fsync`, `copy_file_range`, `FOPEN_DIRECT_IO`).
+//!   With 7.35 or later OPEN replies `FOPEN_NOFLUSH`, so closing costs no round trip, and a process reading
 //!   its own mount cannot hang at exit in FLUSH after its workers are gone.
 //! * Attributes (mode `0100000 | kernfs mode`, size `PAGE_SIZE` like
 //!   sysfs): OPEN maps `O_ACCMODE` to [`kernfs::OpenFlags`], refuses with
@@ -94,7 +114,8 @@
 //!   the reply to the descriptor it read the request from. `FUSE_INIT` is
 //!   answered by [`mount`] itself before any worker starts, and [`mount`]
 //!   returns once every thread has allocated its buffers, so the mount is
-//!   usable (and serving allocates nothing more) when `mount` returns.
+//!   usable (and serving allocates nothing more, beyond what the
+//!   [`ArrayFile`] and kernfs implementations do) when `mount` returns.
 //! * Each worker owns its buffers, allocated once when it starts: a
 //!   request buffer (1 MiB + 4 KiB, enough for a maximal WRITE) and reply
 //!   buffers. A READ reply is `writev(header, data)` with the data read by
@@ -207,6 +228,64 @@ pub trait ArrayFile: Send + Sync + 'static {
     fn flush(&self) -> io::Result<()> {
         Ok(())
     }
+
+    /// Copy `len` bytes of the file from offset `src` to offset `dst`:
+    /// `copy_file_range(2)` from `data` to `data` (the FUSE
+    /// `COPY_FILE_RANGE` request). Called only on a mount with
+    /// [`MountOptions::read_only`] `false`, and the caller guarantees `0 <
+    /// len`, `src + len <= size()`, `dst + len <= size()` and that the two
+    /// ranges do not overlap (the kernel's rules for a copy within one
+    /// file; see the crate doc).
+    ///
+    /// Returns the bytes copied: `len`, or fewer when an error stopped the
+    /// copy after some bytes had been written (the caller's
+    /// `copy_file_range` returns that short count; retrying the rest
+    /// reports the error). The copied bytes must be written as
+    /// [`write_at`](Self::write_at) writes them (same durability, same
+    /// side effects). Errors map as for [`read_at`](Self::read_at).
+    ///
+    /// `buf` is scratch memory lent by the caller (the worker's read
+    /// buffer: 1 MiB or more). The default, [`copy_by_read_write`],
+    /// copies through it in pieces of `buf.len()` bytes with `read_at`
+    /// and `write_at` and allocates nothing.
+    fn copy_range(&self, src: u64, dst: u64, len: u64, buf: &mut [u8]) -> io::Result<u64> {
+        copy_by_read_write(self, src, dst, len, buf)
+    }
+}
+
+/// [`ArrayFile::copy_range`]'s default: copy `len` bytes from `src` to
+/// `dst` (non-overlapping ranges inside the file) through `buf`, piece by
+/// piece, each read with [`ArrayFile::read_at`] and then written with
+/// [`ArrayFile::write_at`], in ascending order. Returns `len`, or the bytes
+/// copied before the first error if there were any (else the error). An
+/// empty `buf` is replaced by a 64 KiB one allocated here.
+pub fn copy_by_read_write<F: ArrayFile + ?Sized>(
+    file: &F,
+    src: u64,
+    dst: u64,
+    len: u64,
+    buf: &mut [u8],
+) -> io::Result<u64> {
+    let mut own = Vec::new();
+    let buf = if buf.is_empty() {
+        own.resize(64 << 10, 0u8);
+        &mut own[..]
+    } else {
+        buf
+    };
+    let mut done = 0u64;
+    while done < len {
+        // Bounded by buf.len(), a usize.
+        let n = (len - done).min(buf.len() as u64) as usize;
+        let piece = &mut buf[..n];
+        let r = file.read_at(src + done, piece).and_then(|()| file.write_at(dst + done, piece));
+        match r {
+            Ok(()) => done += n as u64,
+            Err(_) if done > 0 => return Ok(done),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
 }
 
 /// Name of the optional null file (see [`MountOptions::null_file`]).
@@ -224,7 +303,8 @@ pub struct MountOptions {
     pub threads: usize,
     /// Mount read-only. With `false`, `data` opens for writing: WRITE goes
     /// to [`ArrayFile::write_at`] (past the end: EFBIG), FSYNC/FLUSH to
-    /// [`ArrayFile::flush`]; `data` is then opened with `FOPEN_DIRECT_IO`
+    /// [`ArrayFile::flush`], `copy_file_range(2)` within `data` to
+    /// [`ArrayFile::copy_range`]; `data` is then opened with `FOPEN_DIRECT_IO`
     /// (no page cache, so no stale cached pages after a write; the cost is
     /// no readahead and no caching of reads: every read reaches the server
     /// with the caller's own size). `data` cannot be resized: truncation

@@ -345,7 +345,7 @@ fn assemble_access(
             })
             .collect(),
     );
-    Ok(Assembly { array: Array { sb: fresh, personality: pers, slots }, notes, degraded })
+    Ok(Assembly { array: Array::new(fresh, pers, slots), notes, degraded })
 }
 
 fn check_features(p: &Path, f: &Found) -> Result<(), AssembleError> {

@@ -9,10 +9,19 @@
 //! array only through [`Array`].
 //!
 //! ## Synchronization model
-//! An assembled [`Array`] is immutable (read-only arrays) and `Sync`: reads
-//! from many threads proceed in parallel with no lock. The only lock is the
-//! leaf mutex of [`state::StateMachine`] (no other lock is taken under it),
-//! hence no lock order.
+//! An assembled [`Array`] is `Sync`: reads from many threads proceed in
+//! parallel with no lock. Writes take, in this order and never the other
+//! way round:
+//! 1. a **stripe lock** of [`stripe::StripeCache`] (raid4/5/6 only; one at a
+//!    time, for one stripe row's update),
+//! 2. **folio locks** of that row's cached folios (`pagecache`'s rule: the
+//!    first waited for, the rest only tried),
+//! 3. the leaf queue lock of [`fanout::WritePool`] (member writes in
+//!    parallel).
+//!
+//! The mutex of [`state::StateMachine`] is a leaf taken alone (callers run
+//! `write_start` before and `write_end` after an array write, holding none
+//! of the above).
 //!
 //! ## Modules
 //! * [`superblock`]: `struct mdp_superblock_1`: locate, validate, decode, encode.
@@ -21,7 +30,11 @@
 //! * [`assemble`]: md's assembly rules (freshest events, stale/faulty members,
 //!   slots, refusal of unsupported features).
 //! * [`personality`]: the layouts of every level and degraded reads.
-//! * [`array`]: the assembled array.
+//! * [`array`]: the assembled array: reads, and writes routed by level.
+//! * [`stripe`]: the raid4/5/6 stripe cache (a `pagecache` address space
+//!   over member space) and md's full-stripe / read-modify-write /
+//!   reconstruct-write / degraded write paths.
+//! * [`fanout`]: member writes of one array write, in parallel.
 //! * [`state`]: md's `array_state` machine and the write-pending/active/clean
 //!   handshake with an external metadata manager.
 
@@ -29,8 +42,10 @@ pub mod array;
 pub mod assemble;
 pub mod create;
 pub mod examine;
+pub mod fanout;
 pub mod personality;
 pub mod state;
+pub mod stripe;
 pub mod superblock;
 pub mod synth;
 pub mod sysfs;

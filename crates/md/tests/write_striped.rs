@@ -192,19 +192,6 @@ fn raid10_far_sets() {
 }
 
 #[test]
-fn parity_levels_refuse_writes() {
-    for level in [Level::Raid4, Level::Raid5, Level::Raid6] {
-        let s = Spec::new(level, 4, 3 * MIB);
-        let (_dir, paths, model) = build(&format!("parity-{level}"), &s);
-        let asm = assemble_writable(&paths, &AssembleOptions::default()).unwrap();
-        let e = asm.array.write_at(0, &[1, 2, 3]).unwrap_err();
-        assert_eq!(e.kind(), std::io::ErrorKind::Unsupported, "{level}: {e}");
-        assert!(e.to_string().contains("stripe cache"), "{e}");
-        assert_eq!(read_all(&asm.array), model);
-    }
-}
-
-#[test]
 fn degraded_mirror_takes_writes() {
     for (tag, s) in [
         ("deg-r1", spec(Level::Raid1, 3, 3 * MIB, 0, 0)),

@@ -1223,8 +1223,203 @@ fn parity_figures(quick: bool, full: bool) -> Result<Vec<ArrayFigure>, CliError>
     ])
 }
 
-fn array_bench(json: bool, quick: bool, full: bool, _dir: Option<PathBuf>) -> CmdResult {
-    let figures = parity_figures(quick, full)?;
+/// Sequential 1 MiB writes through `md::Array::write_at` onto `level`
+/// built of `disks` tmpfs files of `member_mib` MiB each, side by side with
+/// the same 1 MiB writes straight to one tmpfs file of a member's size;
+/// returns (array bytes/s, one member's bytes/s, per-round ratio array /
+/// member).
+fn seqwrite_side_by_side(
+    dir: &Path,
+    level: md::Level,
+    disks: usize,
+    member_mib: u64,
+    rounds: usize,
+) -> Result<(f64, f64, f64), CliError> {
+    use std::os::unix::io::AsRawFd;
+    let tag = format!("{level}");
+    let paths: Vec<PathBuf> = (0..disks).map(|i| dir.join(format!("{tag}-m{i}.img"))).collect();
+    let spec = md::synth::Spec::new(level, disks, member_mib << 20);
+    md::synth::write_array(&spec, &paths, &mut |_, buf| buf.fill(0))
+        .map_err(|e| CliError(format!("building the {tag} bench array: {e}")))?;
+    let asm = md::assemble_writable(&paths, &md::AssembleOptions::default())
+        .map_err(|e| CliError(format!("assembling the {tag} bench array: {e}")))?;
+    let array = asm.array;
+    // The baseline file: one member's size, written once so tmpfs holds its pages.
+    let base_path = dir.join(format!("{tag}-one-member.img"));
+    let base = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&base_path)
+        .map_err(|e| CliError(format!("{}: {e}", base_path.display())))?;
+    let member_bytes = member_mib << 20;
+    const W: usize = 1 << 20;
+    let mut rng = XorShift::new(0x5E0_57A1);
+    let mut data = vec![0u8; W];
+    for c in data.chunks_exact_mut(8) {
+        c.copy_from_slice(&rng.next().to_ne_bytes());
+    }
+    for off in (0..member_bytes).step_by(W) {
+        pwrite_all(base.as_raw_fd(), off, &data)?;
+    }
+    let array_end = array.size() / W as u64 * W as u64;
+    let base_end = member_bytes / W as u64 * W as u64;
+    if array_end == 0 || base_end == 0 {
+        return Err(CliError("bench members too small".into()));
+    }
+    let (mut a_off, mut b_off) = (0u64, 0u64);
+    let fd = base.as_raw_fd();
+    let r = side_by_side(
+        rounds,
+        W,
+        &mut || {
+            array.write_at(a_off, &data).map_err(|e| format!("{tag} write at {a_off}: {e}"))?;
+            a_off = (a_off + W as u64) % array_end;
+            Ok(())
+        },
+        &mut || {
+            pwrite_all(fd, b_off, &data).map_err(|e| e.0)?;
+            b_off = (b_off + W as u64) % base_end;
+            Ok(())
+        },
+    );
+    if std::env::var_os("UMD_BENCH_VERBOSE").is_some() {
+        eprintln!(
+            "{tag}: member writes by caller/workers {:?}, rows {:?}",
+            array.write_jobs(),
+            array.stripe_stats()
+        );
+    }
+    r
+}
+
+/// Total bytes/s of two threads writing 1 MiB sequentially, each to its
+/// own tmpfs file, at the same time (about 1 s): what parallel member
+/// writes can reach on this machine, whatever the RAID code does.
+fn parallel_write_ceiling(dir: &Path, member_mib: u64) -> Result<f64, CliError> {
+    use std::os::unix::io::AsRawFd;
+    const W: usize = 1 << 20;
+    let size = (member_mib << 20) / W as u64 * W as u64;
+    let data = vec![0x5au8; W];
+    let files = (0..2)
+        .map(|i| {
+            let p = dir.join(format!("ceiling-{i}.img"));
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&p)
+                .map_err(|e| CliError(format!("{}: {e}", p.display())))?;
+            for off in (0..size).step_by(W) {
+                pwrite_all(f.as_raw_fd(), off, &data)?;
+            }
+            Ok(f)
+        })
+        .collect::<Result<Vec<_>, CliError>>()?;
+    let t = Instant::now();
+    let results: Vec<Result<u64, CliError>> = std::thread::scope(|s| {
+        let hs: Vec<_> = files
+            .iter()
+            .map(|f| {
+                let data = &data;
+                s.spawn(move || -> Result<u64, CliError> {
+                    let (mut n, mut off) = (0u64, 0u64);
+                    while t.elapsed().as_secs_f64() < 1.0 {
+                        pwrite_all(f.as_raw_fd(), off, data)?;
+                        off = (off + W as u64) % size;
+                        n += W as u64;
+                    }
+                    Ok(n)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(CliError("writer panicked".into())))).collect()
+    });
+    let secs = t.elapsed().as_secs_f64();
+    let mut total = 0;
+    for r in results {
+        total += r?;
+    }
+    Ok(total as f64 / secs)
+}
+
+/// `raid5_seqwrite_ratio` (4 members, vs 3 × one member) and
+/// `raid1_seqwrite_ratio` (2 members, vs one member), members on tmpfs.
+fn seqwrite_figures(quick: bool, full: bool, dir: Option<PathBuf>) -> Result<Vec<ArrayFigure>, CliError> {
+    let parent = dir.unwrap_or_else(|| PathBuf::from("/dev/shm"));
+    if !is_tmpfs(&parent) {
+        return Err(CliError(format!(
+            "{}: not tmpfs (the array bench puts its members on tmpfs)",
+            parent.display()
+        )));
+    }
+    let scratch = Scratch(parent.join(format!("umd-bench-array-{}", std::process::id())));
+    std::fs::create_dir_all(&scratch.0).map_err(|e| CliError(format!("{}: {e}", scratch.0.display())))?;
+    let (rounds, member_mib) = if full {
+        (41, 192)
+    } else if quick {
+        (9, 48)
+    } else {
+        (21, 96)
+    };
+    let ceiling = parallel_write_ceiling(&scratch.0, member_mib)?;
+    let (r5_u, r5_b, r5_r) = seqwrite_side_by_side(&scratch.0, md::Level::Raid5, 4, member_mib, rounds)?;
+    let (r1_u, r1_b, r1_r) = seqwrite_side_by_side(&scratch.0, md::Level::Raid1, 2, member_mib, rounds)?;
+    let gb = |v: f64| v / 1e9;
+    let shape = |what: &str| {
+        format!("{what}: 1 MiB sequential pwrite to one {member_mib} MiB tmpfs file; {rounds} rounds alternating, median")
+    };
+    Ok(vec![
+        ArrayFigure {
+            name: "raid5_seqwrite_ratio",
+            value: r5_r / 3.0,
+            unit: "ratio",
+            baseline: Some(shape("3 x one member's write bandwidth")),
+            target: Some(">= 0.8"),
+        },
+        ArrayFigure {
+            name: "raid1_seqwrite_ratio",
+            value: r1_r,
+            unit: "ratio",
+            baseline: Some(shape("one member's write bandwidth")),
+            target: Some(">= 0.9"),
+        },
+        ArrayFigure {
+            name: "raid5_seqwrite_gbps",
+            value: gb(r5_u),
+            unit: "GB/s",
+            baseline: None,
+            target: None,
+        },
+        ArrayFigure {
+            name: "raid1_seqwrite_gbps",
+            value: gb(r1_u),
+            unit: "GB/s",
+            baseline: None,
+            target: None,
+        },
+        ArrayFigure {
+            name: "two_members_parallel_gbps",
+            value: gb(ceiling),
+            unit: "GB/s",
+            baseline: Some("two threads, 1 MiB sequential pwrite each to its own tmpfs file, at once: the machine's ceiling for member writes in parallel".into()),
+            target: None,
+        },
+        ArrayFigure {
+            name: "member_seqwrite_gbps",
+            value: gb((r5_b + r1_b) / 2.0),
+            unit: "GB/s",
+            baseline: None,
+            target: None,
+        },
+    ])
+}
+
+fn array_bench(json: bool, quick: bool, full: bool, dir: Option<PathBuf>) -> CmdResult {
+    let mut figures = seqwrite_figures(quick, full, dir)?;
+    figures.extend(parity_figures(quick, full)?);
     if json {
         for f in &figures {
             println!("{}", figure("array", f.name, f.value, f.unit, f.baseline.as_deref(), f.target));

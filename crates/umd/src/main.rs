@@ -54,7 +54,8 @@ enum Command {
         /// Where to write: a file, or `-` for standard output.
         #[arg(short, long, default_value = "-")]
         output: PathBuf,
-        /// Start a dirty and degraded parity array anyway.
+        /// Start a dirty and degraded parity array anyway; serve a degraded
+        /// array read-write (its missing members must not be given back).
         #[arg(long)]
         force: bool,
         /// Reader threads.
@@ -74,8 +75,8 @@ enum Command {
     /// Assemble an array and serve it through a FUSE mount as DIR/data.
     #[command(alias = "A")]
     Assemble {
-        /// Assemble read-only. Without it, raid0/raid1/raid10 are served read-write
-        /// (parity levels are refused).
+        /// Assemble read-only. Without it, every level is served read-write
+        /// (a degraded array only with --force).
         #[arg(long, short = 'o')]
         readonly: bool,
         /// Directory to mount the array on.
@@ -87,7 +88,8 @@ enum Command {
         /// FUSE worker threads.
         #[arg(long, default_value_t = 4)]
         threads: usize,
-        /// Start a dirty and degraded parity array anyway.
+        /// Start a dirty and degraded parity array anyway; serve a degraded
+        /// array read-write (its missing members must not be given back).
         #[arg(long)]
         force: bool,
         /// Let users other than the mounting one read the mount.
@@ -150,18 +152,23 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
-    /// Show umd's main job on a built-in example: build a 4-member raid5 of
-    /// image files in a scratch directory, examine, extract and mount it,
-    /// read it degraded, check every byte, and clean up.
+    /// Show umd's main job on a built-in example: create a 4-member raid5 of
+    /// image files in a scratch directory, mount it read-write, write data
+    /// through DIR/data, fsync and read it back, show md's array_state and
+    /// `umd detail`, stop it, check every byte on the members (also with
+    /// each member missing, rebuilt from parity), and clean up.
     Demo {
         /// Scratch directory (default: a new one under the system temp dir).
+        /// A directory that already exists is kept; only what the demo made
+        /// in it is removed.
         #[arg(long)]
         dir: Option<PathBuf>,
         /// Keep the image files afterwards.
         #[arg(long)]
         keep: bool,
-        /// Size of each member image in MiB.
-        #[arg(long, default_value_t = 64)]
+        /// Data space of each member in MiB (`umd create --size`; each image
+        /// file is a little larger, for the metadata).
+        #[arg(long, default_value_t = 16)]
         member_mib: u64,
     },
 }

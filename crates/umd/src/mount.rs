@@ -1,13 +1,16 @@
 //! `umd assemble [--readonly] --mount DIR` and `umd stop DIR`.
 //!
-//! Without `--readonly`, raid0/raid1/raid10 arrays are served read-write:
-//! members open read-write, md's attributes are published as a running
-//! array with external metadata (`array_state` starts `clean`), and every
-//! write through `DIR/data` runs md's write handshake
-//! ([`md::state::StateMachine::write_start`]/`write_end`). Until the
+//! Without `--readonly`, the array is served read-write: members open
+//! read-write, md's attributes are published as a running array with
+//! external metadata (`array_state` starts `clean`), and every write
+//! through `DIR/data` runs md's write handshake
+//! ([`md::state::StateMachine::write_start`]/`write_end`); which levels
+//! take writes is md's business ([`md::Array::write_at`]). Until the
 //! metadata manager of issue 7 exists, this process acknowledges the
-//! handshake itself (see [`MetadataAcknowledger`]). Parity levels are
-//! refused (their writes come with the stripe cache).
+//! handshake itself (see [`MetadataAcknowledger`]). `copy_file_range(2)`
+//! within `DIR/data` is served by [`pagecache::copy_range`] on a mapping of
+//! the array whose writes are those same handshaked writes (see
+//! [`WritableArray`]); a copy is on the members, flushed, when it returns.
 //!
 //! The serving process records its PID in `/run/umd/<escaped DIR>.pid`;
 //! `umd stop DIR` sends it SIGTERM and waits until the mount is gone. The
@@ -22,13 +25,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use md::{assemble as md_assemble, Array, AssembleOptions, Level};
+use md::{assemble as md_assemble, Array, AssembleOptions};
 
 use crate::{CliError, CmdResult};
 
 /// Options of `umd assemble`.
 pub struct Options {
-    /// Read-only; without it raid0/1/10 are served read-write.
+    /// Read-only; without it the array is served read-write.
     pub readonly: bool,
     /// Mount directory.
     pub dir: PathBuf,
@@ -75,6 +78,223 @@ impl export::ArrayFile for ArrayAdapter {
             return Ok(());
         }
         self.array.flush()
+    }
+}
+
+/// Folio size of the copy cache: big enough that a copy moves large
+/// pieces, small enough that the unaligned head and tail of a copy cost
+/// little (each is read, patched and written back whole).
+const COPY_FOLIO: usize = 64 << 10;
+/// Bytes one step of a copy moves (while it holds the write lock; see
+/// [`WritableArray`]).
+const COPY_STEP: u64 = 8 << 20;
+/// The copy cache's limits: room for a step's source and destination
+/// folios; no flusher threads (the copying thread writes back itself).
+const COPY_CACHE: pagecache::CacheConfig =
+    pagecache::CacheConfig { memory_limit: 64 << 20, dirty_limit: 32 << 20, flushers: 0 };
+
+/// The errno of an I/O error as the FUSE layer maps it: its OS error in
+/// 1..=511, else EIO.
+fn errno_of(e: &io::Error) -> pagecache::Errno {
+    match e.raw_os_error() {
+        Some(n) if (1..512).contains(&n) => n,
+        _ => libc::EIO,
+    }
+}
+
+/// The array under the copy cache's mapping: reads, writes and flush are
+/// the inner file's (for an [`ArrayAdapter`], `write_at` runs md's write
+/// handshake, so it wraps every member write of a copy too); the size is
+/// fixed.
+struct ArrayBacking<F> {
+    io: Arc<F>,
+    /// The errno of the last failed read, 0 if none: the copy loop reports
+    /// a source it cannot read as EFAULT, this is what the caller gets.
+    read_error: std::sync::atomic::AtomicI32,
+}
+
+impl<F: export::ArrayFile> pagecache::Backing for ArrayBacking<F> {
+    fn read_at(&self, pos: u64, buf: &mut [u8]) -> Result<(), pagecache::Errno> {
+        // The last folio may reach past the end of the array: zeros there.
+        let n = self.io.size().saturating_sub(pos).min(buf.len() as u64) as usize;
+        let (inside, past) = buf.split_at_mut(n);
+        past.fill(0);
+        if inside.is_empty() {
+            return Ok(());
+        }
+        self.io.read_at(pos, inside).map_err(|e| {
+            let n = errno_of(&e);
+            self.read_error.store(n, std::sync::atomic::Ordering::Relaxed);
+            n
+        })
+    }
+
+    fn write_at(&self, pos: u64, buf: &[u8]) -> Result<(), pagecache::Errno> {
+        export::ArrayFile::write_at(&*self.io, pos, buf).map_err(|e| errno_of(&e))
+    }
+
+    fn flush(&self) -> Result<(), pagecache::Errno> {
+        export::ArrayFile::flush(&*self.io).map_err(|e| errno_of(&e))
+    }
+
+    fn set_size(&self, _size: u64) -> Result<(), pagecache::Errno> {
+        // An array's size is fixed (nothing truncates the copy mapping).
+        Err(libc::EINVAL)
+    }
+
+    fn size(&self) -> u64 {
+        export::ArrayFile::size(&*self.io)
+    }
+}
+
+/// The copy cache: one mapping over the whole array.
+struct Copier<F> {
+    /// Declared before the cache: dropped first.
+    mapping: Arc<pagecache::AddressSpace>,
+    backing: Arc<ArrayBacking<F>>,
+    cache: pagecache::PageCache,
+    /// Writeback errors seen up to the last copy (the copier is the
+    /// mapping's only opener).
+    cursor: pagecache::WbErrCursor,
+    /// A step could not empty the cache: its folios could go stale, so no
+    /// further copy uses it (EIO). Never expected.
+    broken: bool,
+}
+
+/// A writable array as `DIR/data`: an [`ArrayAdapter`] (or any other
+/// [`export::ArrayFile`]: `F`) whose `copy_file_range` within `DIR/data`
+/// ([`export::ArrayFile::copy_range`]) is served by
+/// [`pagecache::copy_range`] on a mapping of the array whose reads and
+/// writes are the inner file's `read_at` and `write_at`.
+///
+/// `DIR/data` is opened with `FOPEN_DIRECT_IO`: reads and writes bypass
+/// every cache, so the copy cache must never hold a folio while anything
+/// else writes the array. A copy therefore goes in steps of at most
+/// [`COPY_STEP`] bytes, each holding `writes` exclusively (direct writes
+/// hold it shared): the step starts with an empty cache, reads the source
+/// folios (and the partly covered destination folios, which are written
+/// back whole) from the array, copies, writes every dirty folio back
+/// through the inner file's `write_at` (for an [`ArrayAdapter`]: md's
+/// write handshake, then the array's write) and drops every folio before
+/// direct writes resume. The cache has no flusher thread: nothing else
+/// writes from it. Copies are serialized by the copier's mutex (lock
+/// order: copier, then `writes`, then the cache's own locks, then md's
+/// state). After the last step the members are flushed (the mapping's
+/// `fsync`) and only then is the copy acknowledged. Reads take no lock: a
+/// read racing a copy sees old or new bytes, as with a racing write. (The
+/// kernel also serializes writes and copies of one file on its inode lock,
+/// unless the server opts into parallel direct writes; this type does not
+/// rely on that.)
+pub struct WritableArray<F = ArrayAdapter> {
+    io: Arc<F>,
+    writes: std::sync::RwLock<()>,
+    copier: std::sync::Mutex<Copier<F>>,
+    /// Copies served (calls, bytes), for [`copy_stats`](Self::copy_stats).
+    copies: std::sync::atomic::AtomicU64,
+    copied: std::sync::atomic::AtomicU64,
+}
+
+impl<F: export::ArrayFile> WritableArray<F> {
+    /// Wrap `file` (an [`ArrayAdapter`] with its write handshake) and build
+    /// the copy cache.
+    pub fn new(file: F) -> io::Result<WritableArray<F>> {
+        let io = Arc::new(file);
+        let backing = Arc::new(ArrayBacking { io: io.clone(), read_error: 0.into() });
+        let cache = pagecache::PageCache::new(COPY_CACHE);
+        let ops = Arc::new(pagecache::BlockOps::new(backing.clone()));
+        let mapping = cache.mapping(ops, COPY_FOLIO).map_err(io::Error::from_raw_os_error)?;
+        let cursor = mapping.wb_err_cursor();
+        let copier = Copier { mapping, backing, cache, cursor, broken: false };
+        Ok(WritableArray {
+            io,
+            writes: std::sync::RwLock::new(()),
+            copier: std::sync::Mutex::new(copier),
+            copies: 0.into(),
+            copied: 0.into(),
+        })
+    }
+
+    /// Copies served through the copy cache so far that copied something:
+    /// (calls, bytes).
+    pub fn copy_stats(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering;
+        (self.copies.load(Ordering::Relaxed), self.copied.load(Ordering::Relaxed))
+    }
+}
+
+impl<F: export::ArrayFile> export::ArrayFile for WritableArray<F> {
+    fn size(&self) -> u64 {
+        self.io.size()
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.io.read_at(offset, buf)
+    }
+
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let _shared = self.writes.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.io.write_at(offset, data)
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.io.flush()
+    }
+
+    /// See the type's doc. Returns `len`; or, when a source read failed
+    /// after something was copied, the bytes copied until then. A failed
+    /// write (or flush) fails the copy: the destination range is then
+    /// undefined, as after a failed `write(2)`.
+    fn copy_range(&self, src: u64, dst: u64, len: u64, _buf: &mut [u8]) -> io::Result<u64> {
+        use std::sync::atomic::Ordering;
+        let mut c = self.copier.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if c.broken {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        let mut done = 0u64;
+        let mut failed: Option<pagecache::Errno> = None;
+        while done < len {
+            let n = (len - done).min(COPY_STEP);
+            let _exclusive = self.writes.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            c.backing.read_error.store(0, Ordering::Relaxed);
+            // n <= COPY_STEP fits usize.
+            let copied = pagecache::copy_range(&c.mapping, src + done, &c.mapping, dst + done, n as usize);
+            // Whatever happened: write back what is dirty, then drop every
+            // folio before direct writes resume.
+            let written_back = c.cache.sync();
+            if c.mapping.invalidate_range(0, u64::MAX) > 0 {
+                c.broken = true;
+                failed = Some(libc::EIO);
+                break;
+            }
+            match (copied, written_back) {
+                (Ok(w), Ok(())) => {
+                    done += w as u64;
+                    if (w as u64) < n {
+                        // Stopped by an error the next call will meet.
+                        break;
+                    }
+                }
+                (Err(libc::EFAULT), _) if c.backing.read_error.load(Ordering::Relaxed) != 0 => {
+                    failed = Some(c.backing.read_error.load(Ordering::Relaxed));
+                    break;
+                }
+                (Err(e), _) | (Ok(_), Err(e)) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        // Everything is written back already: flush the members, and take
+        // (once) the writeback errors recorded since the last copy.
+        let c = &mut *c;
+        let synced = c.mapping.fsync(dst, dst + done, &mut c.cursor);
+        if done == 0 {
+            return Err(io::Error::from_raw_os_error(failed.unwrap_or(libc::EIO)));
+        }
+        synced.map_err(io::Error::from_raw_os_error)?;
+        self.copies.fetch_add(1, Ordering::Relaxed);
+        self.copied.fetch_add(done, Ordering::Relaxed);
+        Ok(done)
     }
 }
 
@@ -201,11 +421,16 @@ pub fn assemble(members: &[PathBuf], o: Options) -> CmdResult {
     let aopts = AssembleOptions { force: o.force, faults: o.faults.clone() };
     let asm =
         if o.readonly { md_assemble(members, &aopts)? } else { md::assemble_writable(members, &aopts)? };
-    if !o.readonly {
-        let level = asm.array.personality.geometry().level;
-        if !matches!(level, Level::Raid0 | Level::Raid1 | Level::Raid10) {
-            return Err(CliError(format!("{level} writes are not supported yet; use --readonly")));
-        }
+    if !o.readonly && asm.degraded && !o.force {
+        // Nothing records the missing member as failed in the others'
+        // superblocks until the metadata manager (issue 7) does: given back
+        // later, its stale data would be read as current.
+        return Err(CliError(format!(
+            "the array is degraded: serving it read-write would leave the missing member(s) silently \
+             stale (umd does not yet record member failures in the superblocks); use --readonly, or \
+             --force if the missing member(s) will never be given back ({})",
+            asm.notes.join("; ")
+        )));
     }
     for n in &asm.notes {
         eprintln!("umd: {n}");
@@ -331,8 +556,24 @@ fn serve(array: Array, degraded: bool, dir: &Path, o: &Options, ready_fd: Option
             return Err(CliError(msg));
         }
     };
+    let adapter = ArrayAdapter { array, state: (!o.readonly).then(|| sysfs.machine().clone()) };
+    let (file, writable): (Arc<dyn export::ArrayFile>, _) = if o.readonly {
+        (Arc::new(adapter), None)
+    } else {
+        match WritableArray::new(adapter) {
+            Ok(w) => {
+                let w = Arc::new(w);
+                (w.clone(), Some(w))
+            }
+            Err(e) => {
+                let msg = format!("{}: copy cache: {e}", dir.display());
+                write_ready(ready_fd, &format!("err {msg}\n"));
+                return Err(CliError(msg));
+            }
+        }
+    };
     if std::env::var_os("UMD_TEST_HOOKS").is_some_and(|v| v == "1") {
-        if let Err(e) = add_test_hooks(&tree, &sysfs) {
+        if let Err(e) = add_test_hooks(&tree, &sysfs, writable) {
             eprintln!("umd: warning: test hooks unavailable: errno {e}");
         }
     }
@@ -356,11 +597,7 @@ fn serve(array: Array, degraded: bool, dir: &Path, o: &Options, ready_fd: Option
         tree: Some(tree.clone()),
         null_file: false,
     };
-    let mount = match export::mount(
-        dir,
-        Arc::new(ArrayAdapter { array, state: (!o.readonly).then(|| sysfs.machine().clone()) }),
-        opts,
-    ) {
+    let mount = match export::mount(dir, file, opts) {
         Ok(m) => m,
         Err(e) => {
             let msg = format!("{}: mount failed: {e}", dir.display());
@@ -423,8 +660,16 @@ fn serve(array: Array, degraded: bool, dir: &Path, o: &Options, ready_fd: Option
 /// machinery will make later (so tests can observe notify/poll and member
 /// removal over the real mount): `array_state WORD` sets md/array_state and
 /// notifies; `remove SLOT` removes md/dev-*/ of that slot as md does when a
-/// member leaves the array. Never present without the variable.
-fn add_test_hooks(tree: &Arc<kernfs::Kernfs>, sysfs: &Arc<md::sysfs::MdSysfs>) -> Result<(), kernfs::Errno> {
+/// member leaves the array. A writable array also gets a read-only
+/// `DIR/umd-test-copies` showing `CALLS BYTES`: the copies served by the
+/// copy cache ([`WritableArray::copy_stats`]), so tests can tell them from
+/// a copy the kernel did by reading and writing. Never present without the
+/// variable.
+fn add_test_hooks(
+    tree: &Arc<kernfs::Kernfs>,
+    sysfs: &Arc<md::sysfs::MdSysfs>,
+    writable: Option<Arc<WritableArray>>,
+) -> Result<(), kernfs::Errno> {
     struct Hook(Arc<md::sysfs::MdSysfs>);
     impl kernfs::AttrOps for Hook {
         fn show(&self, _out: &mut kernfs::ShowBuf) -> Result<(), kernfs::Errno> {
@@ -456,7 +701,34 @@ fn add_test_hooks(tree: &Arc<kernfs::Kernfs>, sysfs: &Arc<md::sysfs::MdSysfs>) -
     };
     let node = tree.create_attr(&tree.root(), "umd-test-hook", 0o200, attr)?;
     tree.activate(&node);
+    if let Some(w) = writable {
+        struct Copies(Arc<WritableArray>);
+        impl kernfs::AttrOps for Copies {
+            fn show(&self, out: &mut kernfs::ShowBuf) -> Result<(), kernfs::Errno> {
+                let (calls, bytes) = self.0.copy_stats();
+                out.emit(format_args!("{calls} {bytes}\n"))
+            }
+        }
+        let attr = kernfs::Attr {
+            ops: Arc::new(Copies(w)),
+            prealloc: false,
+            atomic_write_len: 0,
+            seq: false,
+            notify: false,
+        };
+        let node = tree.create_attr(&tree.root(), "umd-test-copies", 0o444, attr)?;
+        tree.activate(&node);
+    }
     Ok(())
+}
+
+/// Whether process `pid` has exited but not been reaped (state `Z` in
+/// `/proc/PID/stat`, the field after the parenthesised command name).
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(false)
 }
 
 /// Runs `umd stop DIR`.
@@ -465,7 +737,8 @@ pub fn stop(dir: &Path) -> CmdResult {
     let pidf = pid_file(&dir);
     let pid = std::fs::read_to_string(&pidf).ok().and_then(|s| s.trim().parse::<i32>().ok());
     // SAFETY: kill with signal 0 only checks that the process exists.
-    let alive = |p: i32| unsafe { libc::kill(p, 0) } == 0;
+    // A zombie (exited, not yet reaped by its parent or init) has stopped.
+    let alive = |p: i32| unsafe { libc::kill(p, 0) } == 0 && !is_zombie(p);
     match pid {
         Some(p) if p > 0 && alive(p) => {
             // SAFETY: sending SIGTERM to a process we recorded as ours.
@@ -513,4 +786,173 @@ fn is_umd_mount(dir: &Path) -> bool {
             })
         })
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use export::ArrayFile;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Mutex;
+
+    /// A writable file in memory: reads touching `bad` fail with ENXIO,
+    /// writes fail with ENOSPC while `fail_writes` is set.
+    struct Mem {
+        data: Mutex<Vec<u8>>,
+        bad: Mutex<Option<std::ops::Range<u64>>>,
+        fail_writes: AtomicBool,
+        writes: AtomicU64,
+        flushes: AtomicU64,
+    }
+
+    impl ArrayFile for Mem {
+        fn size(&self) -> u64 {
+            self.data.lock().expect("data").len() as u64
+        }
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+            if let Some(b) = &*self.bad.lock().expect("bad") {
+                if offset < b.end && b.start < offset + buf.len() as u64 {
+                    return Err(io::Error::from_raw_os_error(libc::ENXIO));
+                }
+            }
+            let d = self.data.lock().expect("data");
+            buf.copy_from_slice(&d[offset as usize..offset as usize + buf.len()]);
+            Ok(())
+        }
+        fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+            if self.fail_writes.load(Ordering::Relaxed) {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            let mut d = self.data.lock().expect("data");
+            d[offset as usize..offset as usize + data.len()].copy_from_slice(data);
+            Ok(())
+        }
+        fn flush(&self) -> io::Result<()> {
+            self.flushes.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+    }
+
+    fn random(size: usize, mut seed: u64) -> Vec<u8> {
+        (0..size)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect()
+    }
+
+    fn array(data: Vec<u8>) -> WritableArray<Mem> {
+        WritableArray::new(Mem {
+            data: Mutex::new(data),
+            bad: Mutex::new(None),
+            fail_writes: AtomicBool::new(false),
+            writes: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+        })
+        .expect("copy cache")
+    }
+
+    fn cached(w: &WritableArray<Mem>) -> u64 {
+        w.copier.lock().expect("copier").cache.cached_bytes()
+    }
+
+    fn contents(w: &WritableArray<Mem>) -> Vec<u8> {
+        w.io.data.lock().expect("data").clone()
+    }
+
+    #[test]
+    fn copies_match_the_model() {
+        // Not a multiple of the folio size: the last folio is partial.
+        let size = (20 << 20) + 12_345;
+        let mut model = random(size, 0x1234_5678_9abc_def1);
+        let w = array(model.clone());
+        let mut copy = |src: u64, dst: u64, len: u64| {
+            assert_eq!(w.copy_range(src, dst, len, &mut []).expect("copy"), len);
+            model.copy_within(src as usize..(src + len) as usize, dst as usize);
+            assert_eq!(cached(&w), 0, "folios left in the copy cache");
+            assert!(contents(&w) == model, "copy {src} -> {dst} ({len}) differs from the model");
+        };
+        // Several steps, unaligned.
+        copy(3, (10 << 20) + 1, (9 << 20) + 777);
+        // From the partial last folio, and into it.
+        copy(size as u64 - 5000, 100, 5000);
+        copy(0, size as u64 - 3000, 3000);
+        // Within one folio, both ways.
+        copy(70_000, 70_500, 400);
+        copy(70_900, 70_001, 700);
+        let mut seed = 77u64;
+        for _ in 0..30 {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            let len = 1 + (seed >> 40) % 300_000;
+            let src = (seed >> 8) % (size as u64 - len);
+            let dst = (seed >> 20).wrapping_mul(31) % (size as u64 - len);
+            if src + len <= dst || dst + len <= src {
+                copy(src, dst, len);
+            }
+        }
+        assert!(w.io.flushes.load(Ordering::Relaxed) > 0, "copies were not flushed");
+        assert_eq!(w.copy_stats().0, w.io.flushes.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn copy_errors() {
+        let size = 20 << 20;
+        let init = random(size, 99);
+        let w = array(init.clone());
+        // A source that cannot be read: its errno, nothing written.
+        *w.io.bad.lock().expect("bad") = Some(1_000_000..1_000_001);
+        let e = w.copy_range(999_000, 5 << 20, 10_000, &mut []).expect_err("bad source");
+        assert_eq!(e.raw_os_error(), Some(libc::ENXIO), "{e}");
+        assert_eq!(w.io.writes.load(Ordering::Relaxed), 0);
+        assert_eq!(cached(&w), 0);
+        // Failing in the second step: the first step's bytes, copied.
+        *w.io.bad.lock().expect("bad") = Some(COPY_STEP + 500..COPY_STEP + 501);
+        let n = w.copy_range(0, 10 << 20, COPY_STEP + 4096, &mut []).expect("short copy");
+        assert_eq!(n, COPY_STEP);
+        let mut model = init.clone();
+        model.copy_within(..COPY_STEP as usize, 10 << 20);
+        assert!(contents(&w) == model);
+        *w.io.bad.lock().expect("bad") = None;
+        // Failing writes: the error, and no folio left behind.
+        w.io.fail_writes.store(true, Ordering::Relaxed);
+        let e = w.copy_range(0, 1 << 20, 100_000, &mut []).expect_err("failing writes");
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+        assert_eq!(cached(&w), 0);
+        assert!(contents(&w) == model);
+        // Then a direct write, and a copy of it: not stale.
+        w.io.fail_writes.store(false, Ordering::Relaxed);
+        w.write_at(0, &[0x5a; 100_000]).expect("write");
+        model[..100_000].fill(0x5a);
+        assert_eq!(w.copy_range(0, 1 << 20, 100_000, &mut []).expect("copy"), 100_000);
+        model.copy_within(..100_000, 1 << 20);
+        assert!(contents(&w) == model);
+    }
+
+    #[test]
+    fn racing_writes_next_to_a_copy_are_kept() {
+        let size = 4 << 20;
+        let w = array(random(size, 5));
+        let (src, dst, len) = (2 << 20, 100_001u64, 300_001u64);
+        std::thread::scope(|s| {
+            let writer = s.spawn(|| {
+                for k in 1..=255u8 {
+                    w.write_at(dst - 100, &[k; 100]).expect("write before");
+                    w.write_at(dst + len, &[k; 100]).expect("write after");
+                }
+            });
+            for _ in 0..50 {
+                assert_eq!(w.copy_range(src, dst, len, &mut []).expect("copy"), len);
+            }
+            writer.join().expect("writer");
+        });
+        let d = contents(&w);
+        assert!(d[dst as usize - 100..dst as usize].iter().all(|&b| b == 255), "a write before was lost");
+        let after = (dst + len) as usize;
+        assert!(d[after..after + 100].iter().all(|&b| b == 255), "a write after was lost");
+        assert!(d[dst as usize..after] == d[src as usize..src as usize + len as usize]);
+    }
 }

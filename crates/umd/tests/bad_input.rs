@@ -267,16 +267,25 @@ fn output_onto_a_member_is_refused() {
 }
 
 #[test]
-fn read_write_assembly_is_refused_for_now() {
-    let s = Scratch::new("bad-rw");
+fn degraded_read_write_needs_force() {
+    // Read-write with a member missing would leave it silently stale until
+    // member failures are recorded in the superblocks: refused unless
+    // --force, with nothing mounted and no member changed.
+    let s = Scratch::new("bad-rw-degraded");
     let fx = fixture_raid5(&s);
+    let present: Vec<PathBuf> = fx.members[..3].to_vec();
+    let before: Vec<u64> = fx.members.iter().map(|m| file_hash(m)).collect();
     let dir = s.path("mnt");
     std::fs::create_dir_all(&dir).expect("mkdir");
     let _g = MountGuard { dir: dir.clone(), pid: None };
-    let out = run(umd().arg("assemble").arg("--mount").arg(&dir).args(&fx.members));
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--readonly"));
+    let out = run(umd().arg("assemble").arg("--mount").arg(&dir).arg("--daemon").args(&present));
+    assert!(!out.status.success(), "degraded read-write assembled without --force");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("degraded") && err.contains("--force") && err.contains("--readonly"), "stderr: {err}");
+    assert_eq!(err.lines().count(), 1, "stderr: {err}");
     assert!(!is_mounted(&dir));
+    let after: Vec<u64> = fx.members.iter().map(|m| file_hash(m)).collect();
+    assert_eq!(before, after, "a member changed");
 }
 
 #[test]

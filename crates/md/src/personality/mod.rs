@@ -204,6 +204,21 @@ pub trait Personality: Send + Sync + fmt::Debug {
         None
     }
 
+    /// For parity levels (raid4/5/6): the shape of a stripe row, for the
+    /// stripe cache's write path. `None` for levels without parity.
+    fn parity_shape(&self) -> Option<ParityShape> {
+        None
+    }
+
+    /// For parity levels: fills `out` with where stripe row `stripe`
+    /// keeps each data index, its Q coefficient position, P and Q (reusing
+    /// `out`'s vectors). Returns false for levels without parity and for a
+    /// stripe past the end of the array.
+    fn stripe_map(&self, stripe: u64, out: &mut StripeMap) -> bool {
+        let _ = (stripe, out);
+        false
+    }
+
     /// The member writes that store `len` bytes at array byte `offset`:
     /// every copy of every piece (one for striped levels, each mirror or
     /// copy for raid1/raid10), computed with the same address math as
@@ -233,6 +248,46 @@ pub struct WritePiece {
     pub buf_start: usize,
     /// Number of bytes.
     pub len: usize,
+}
+
+/// The shape of every stripe row of a raid4/5/6 array.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParityShape {
+    /// Chunk size in bytes (a whole number of pages).
+    pub chunk_bytes: u64,
+    /// Data chunks per stripe row.
+    pub data_disks: usize,
+    /// Number of slots.
+    pub raid_disks: usize,
+    /// Whether the row has Q as well as P (raid6).
+    pub raid6: bool,
+    /// Number of positions Q is computed over (`syndrome_disks`: the data
+    /// disks, or every disk for DDF layouts whose P/Q positions are zero
+    /// blocks).
+    pub syndrome_disks: usize,
+    /// Stripe rows in the array.
+    pub stripes: u64,
+}
+
+impl ParityShape {
+    /// Data bytes of one stripe row.
+    pub fn stripe_bytes(&self) -> u64 {
+        self.chunk_bytes * self.data_disks as u64
+    }
+}
+
+/// Where one stripe row keeps its blocks, in array order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StripeMap {
+    /// `data[k]`: the slot holding data index `k` (array order).
+    pub data: Vec<usize>,
+    /// `pos[k]`: data index `k`'s Q coefficient position (`g^pos`); for
+    /// raid4/5 simply `k`.
+    pub pos: Vec<usize>,
+    /// Slot holding P.
+    pub p: usize,
+    /// Slot holding Q (raid6 only).
+    pub q: Option<usize>,
 }
 
 /// Where a stripe row's data, P and Q live, in md's syndrome order.

@@ -35,8 +35,8 @@
 use std::io;
 
 use super::{
-    check_range, gf, unrecoverable, Geometry, GeometryError, Level, Location, MemberRead, Personality,
-    SyndromeLayout,
+    check_range, gf, unrecoverable, Geometry, GeometryError, Level, Location, MemberRead, ParityShape,
+    Personality, StripeMap, SyndromeLayout,
 };
 
 /// Sectors per page: md requires raid4/5/6 chunks to be a whole number of
@@ -687,6 +687,34 @@ impl Personality for Raid5 {
     fn io_hint(&self) -> u64 {
         let stripes = IO_HINT_TARGET.div_ceil(self.stripe_bytes).max(1);
         self.stripe_bytes.saturating_mul(stripes)
+    }
+
+    fn parity_shape(&self) -> Option<ParityShape> {
+        Some(ParityShape {
+            chunk_bytes: self.chunk_bytes,
+            data_disks: self.data_disks,
+            raid_disks: self.raid_disks,
+            raid6: self.raid6,
+            syndrome_disks: if self.raid6 { self.syndrome_disks() } else { self.data_disks },
+            stripes: self.array_bytes / self.stripe_bytes,
+        })
+    }
+
+    fn stripe_map(&self, stripe: u64, out: &mut StripeMap) -> bool {
+        if stripe >= self.array_bytes / self.stripe_bytes {
+            return false;
+        }
+        let sh = self.stripe_head(stripe);
+        out.data.clear();
+        out.pos.clear();
+        for k in 0..self.data_disks {
+            let disk = self.dd_idx(sh, k);
+            out.data.push(disk);
+            out.pos.push(if self.raid6 { self.syndrome_slot(sh, disk) } else { k });
+        }
+        out.p = sh.pd_idx;
+        out.q = sh.qd_idx;
+        true
     }
 
     /// The stripe row's syndrome order: for raid6 each data slot at its Q
