@@ -281,7 +281,10 @@ fn degraded_read_write_needs_force() {
     let out = run(umd().arg("assemble").arg("--mount").arg(&dir).arg("--daemon").args(&present));
     assert!(!out.status.success(), "degraded read-write assembled without --force");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("degraded") && err.contains("--force") && err.contains("--readonly"), "stderr: {err}");
+    assert!(
+        err.contains("degraded") && err.contains("--force") && err.contains("--readonly"),
+        "stderr: {err}"
+    );
     assert_eq!(err.lines().count(), 1, "stderr: {err}");
     assert!(!is_mounted(&dir));
     let after: Vec<u64> = fx.members.iter().map(|m| file_hash(m)).collect();
