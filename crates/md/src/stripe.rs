@@ -385,15 +385,7 @@ impl StripeCache {
         let nparity = 1 + usize::from(shape.raid6);
         with_scratch(nparity * chunk, |scratch| {
             let (p, q) = scratch.split_at_mut(chunk);
-            if shape.raid6 {
-                let mut by_pos: Vec<Option<&[u8]>> = vec![None; shape.syndrome_disks];
-                for (k, s) in srcs.iter().enumerate() {
-                    by_pos[map.pos[k]] = Some(s);
-                }
-                gf::gen_syndrome(&by_pos, p, q);
-            } else {
-                gf::xor_blocks(p, &srcs);
-            }
+            gen_parity(shape, map, &srcs, p, q);
             let mut jobs: Vec<WriteJob<'_>> = Vec::with_capacity(shape.raid_disks);
             for (k, s) in srcs.iter().enumerate() {
                 jobs.push(WriteJob { slot: map.data[k], offset: base, data: s });
@@ -402,9 +394,7 @@ impl StripeCache {
             if let Some(qs) = map.q {
                 jobs.push(WriteJob { slot: qs, offset: base, data: q });
             }
-            jobs.retain(|j| ctx.slots.is_present(j.slot));
-            jobs.sort_unstable_by_key(|j| (j.slot, j.offset));
-            ctx.pool.write_all(ctx.slots, &jobs)
+            submit(ctx, &mut jobs)
         })
     }
 
@@ -443,15 +433,7 @@ impl StripeCache {
                 }
             }
             let cols: Vec<&[u8]> = cols.chunks_exact(len).collect();
-            if shape.raid6 {
-                let mut by_pos: Vec<Option<&[u8]>> = vec![None; shape.syndrome_disks];
-                for (k, c) in cols.iter().enumerate() {
-                    by_pos[map.pos[k]] = Some(c);
-                }
-                gf::gen_syndrome(&by_pos, p, q);
-            } else {
-                gf::xor_blocks(p, &cols);
-            }
+            gen_parity(shape, map, &cols, p, q);
             let mut jobs: Vec<WriteJob<'_>> = Vec::with_capacity(shape.raid_disks);
             for pc in pieces {
                 let (a, b) = ((pc.lo - lo) as usize, (pc.hi - lo) as usize);
@@ -461,9 +443,7 @@ impl StripeCache {
             if let Some(qs) = map.q {
                 jobs.push(WriteJob { slot: qs, offset: base + lo, data: q });
             }
-            jobs.retain(|j| ctx.slots.is_present(j.slot));
-            jobs.sort_unstable_by_key(|j| (j.slot, j.offset));
-            ctx.pool.write_all(ctx.slots, &jobs)
+            submit(ctx, &mut jobs)
         })
     }
 
@@ -670,15 +650,12 @@ impl StripeCache {
                         None => return Err(io::Error::other("stripe cache: data folio not locked")),
                     }
                 }
-                if let Some(q) = q {
-                    let mut by_pos: Vec<Option<&[u8]>> = vec![None; shape.syndrome_disks];
-                    for (k, s) in srcs.iter().enumerate() {
-                        by_pos[map.pos[k]] = Some(s);
+                match q {
+                    Some(q) => {
+                        gen_parity(shape, map, &srcs, p.data_mut(), q.data_mut());
+                        q.mark_uptodate();
                     }
-                    gf::gen_syndrome(&by_pos, p.data_mut(), q.data_mut());
-                    q.mark_uptodate();
-                } else {
-                    gf::xor_blocks(p.data_mut(), &srcs);
+                    None => gen_parity(shape, map, &srcs, p.data_mut(), &mut []),
                 }
                 p.mark_uptodate();
             }
@@ -712,9 +689,30 @@ impl StripeCache {
                 }
             }
         }
-        jobs.sort_unstable_by_key(|j| (j.slot, j.offset));
-        ctx.pool.write_all(ctx.slots, &jobs)
+        submit(ctx, &mut jobs)
     }
+}
+
+/// P (and for raid6 Q) of a row's data blocks `srcs` (data order), all
+/// as long as `p`; `q` is not touched for raid4/5.
+fn gen_parity(shape: &ParityShape, map: &StripeMap, srcs: &[&[u8]], p: &mut [u8], q: &mut [u8]) {
+    if shape.raid6 {
+        let mut by_pos: Vec<Option<&[u8]>> = vec![None; shape.syndrome_disks];
+        for (k, s) in srcs.iter().enumerate() {
+            by_pos[map.pos[k]] = Some(s);
+        }
+        gf::gen_syndrome(&by_pos, p, q);
+    } else {
+        gf::xor_blocks(p, srcs);
+    }
+}
+
+/// Issues a row's member writes (those of members present), a member's
+/// writes adjacent so one thread takes them all.
+fn submit(ctx: &Ctx<'_>, jobs: &mut Vec<WriteJob<'_>>) -> io::Result<()> {
+    jobs.retain(|j| ctx.slots.is_present(j.slot));
+    jobs.sort_unstable_by_key(|j| (j.slot, j.offset));
+    ctx.pool.write_all(ctx.slots, jobs)
 }
 
 /// Capacity for a row's job list.

@@ -19,6 +19,7 @@ use std::io;
 mod common;
 use common::{check_fixture, unpack_fixture};
 use md::personality::{build, Geometry, Level, Location, MemberRead, Personality};
+use md::synth::Rng;
 use proptest::prelude::*;
 
 const SECTOR: u64 = 512;
@@ -69,26 +70,6 @@ impl MemberRead for Mem {
         }
         buf.copy_from_slice(&disk[start..end]);
         Ok(())
-    }
-}
-
-/// A small deterministic generator (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
     }
 }
 

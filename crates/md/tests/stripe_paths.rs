@@ -5,32 +5,16 @@
 //! not read again, and a degraded row is recomputed. Each case also checks
 //! the bytes (model) and a degraded re-read (parity right).
 
+mod common;
+
 use std::path::PathBuf;
 
+use common::{build_synth, Scratch};
 use md::stripe::StripeCounts;
-use md::synth::{self, Spec};
+use md::synth::Spec;
 use md::{assemble, assemble_writable, AssembleOptions, Level};
 
 const MIB: u64 = 1 << 20;
-
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn build(tag: &str, spec: &Spec) -> (Scratch, Vec<PathBuf>, Vec<u8>) {
-    let dir = Scratch(std::env::temp_dir().join(format!("umd-rows-{}-{tag}", std::process::id())));
-    let _ = std::fs::remove_dir_all(&dir.0);
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let paths: Vec<PathBuf> = (0..spec.member_bytes.len()).map(|i| dir.0.join(format!("m{i}.img"))).collect();
-    let size = synth::write_array(spec, &paths, &mut |off, buf| synth::pattern_fill(off, 1, buf)).unwrap();
-    let mut model = vec![0u8; size as usize];
-    synth::pattern_fill(0, 1, &mut model);
-    (dir, paths, model)
-}
 
 fn spec(level: Level, disks: usize, chunk_kib: u32) -> Spec {
     let mut s = Spec::new(level, disks, 4 * MIB);
@@ -77,7 +61,7 @@ fn full_rows_read_nothing() {
     for level in [Level::Raid4, Level::Raid5, Level::Raid6] {
         let s = spec(level, 5, 64);
         let tag = format!("full-{level}");
-        let (_d, paths, mut model) = build(&tag, &s);
+        let (_d, paths, mut model) = build_synth("umd-rows", &tag, &s);
         let asm = assemble_writable(&paths, &AssembleOptions::default()).unwrap();
         let a = &asm.array;
         let row = 64 * 1024 * if level == Level::Raid6 { 3 } else { 4 };
@@ -98,7 +82,7 @@ fn small_write_to_wide_row_is_read_modify_write() {
         // 2-3 reads, where reconstruct-write would read 3-4 other blocks.
         let s = spec(level, 6, 16);
         let tag = format!("rmw-{level}");
-        let (_d, paths, mut model) = build(&tag, &s);
+        let (_d, paths, mut model) = build_synth("umd-rows", &tag, &s);
         let asm = assemble_writable(&paths, &AssembleOptions::default()).unwrap();
         let a = &asm.array;
         let data = noise(9, 4096);
@@ -131,7 +115,7 @@ fn most_of_a_row_is_reconstruct_write() {
     for level in [Level::Raid4, Level::Raid5, Level::Raid6] {
         let s = spec(level, 5, 16);
         let tag = format!("rcw-{level}");
-        let (_d, paths, mut model) = build(&tag, &s);
+        let (_d, paths, mut model) = build_synth("umd-rows", &tag, &s);
         let asm = assemble_writable(&paths, &AssembleOptions::default()).unwrap();
         let a = &asm.array;
         let dd: usize = if level == Level::Raid6 { 3 } else { 4 };
@@ -167,7 +151,7 @@ fn degraded_rows_keep_parity() {
     for level in [Level::Raid4, Level::Raid5, Level::Raid6] {
         let s = spec(level, 5, 16);
         let tag = format!("deg-{level}");
-        let (_d, paths, mut model) = build(&tag, &s);
+        let (_d, paths, mut model) = build_synth("umd-rows", &tag, &s);
         // Leave member 1 out, write partial and whole rows.
         let asm =
             assemble_writable(&[&paths[..1], &paths[2..]].concat(), &AssembleOptions::default()).unwrap();

@@ -25,6 +25,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use common::{unpack_fixture, Scratch, DATA_OFFSET};
+use md::synth::Rng;
 use md::synth::{self, Spec};
 use md::{assemble, assemble_writable, Array, AssembleOptions, Level, Personality};
 
@@ -34,39 +35,6 @@ const MIB: u64 = 1 << 20;
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// xorshift64*.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
-
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        let mut v = vec![0u8; len];
-        for c in v.chunks_mut(8) {
-            let x = self.next().to_le_bytes();
-            c.copy_from_slice(&x[..c.len()]);
-        }
-        v
-    }
-}
 
 /// A unique scratch directory for `tag`.
 fn scratch(tag: &str) -> Scratch {

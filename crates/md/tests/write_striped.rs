@@ -4,54 +4,16 @@
 //! allows reads the same bytes back; writes past the end and writes to
 //! read-only assemblies are refused with nothing changed.
 
+mod common;
+
 use std::path::PathBuf;
 
-use md::synth::{self, Spec};
+use common::build_synth;
+use md::synth::Rng;
+use md::synth::Spec;
 use md::{assemble, assemble_writable, AssembleOptions, Level};
 
 const MIB: u64 = 1 << 20;
-
-/// A directory removed on drop.
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// xorshift64*.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
-}
-
-/// Builds `spec` on fresh images; returns the scratch dir, the member paths
-/// and the array's initial content.
-fn build(tag: &str, spec: &Spec) -> (Scratch, Vec<PathBuf>, Vec<u8>) {
-    let dir = Scratch(std::env::temp_dir().join(format!("umd-write-{}-{tag}", std::process::id())));
-    let _ = std::fs::remove_dir_all(&dir.0);
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let paths: Vec<PathBuf> = (0..spec.member_bytes.len()).map(|i| dir.0.join(format!("m{i}.img"))).collect();
-    let size = synth::write_array(spec, &paths, &mut |off, buf| synth::pattern_fill(off, 1, buf)).unwrap();
-    let mut model = vec![0u8; size as usize];
-    synth::pattern_fill(0, 1, &mut model);
-    (dir, paths, model)
-}
 
 fn read_all(array: &md::Array) -> Vec<u8> {
     let mut v = vec![0u8; array.size() as usize];
@@ -62,7 +24,7 @@ fn read_all(array: &md::Array) -> Vec<u8> {
 /// Random writes against the model, checked after every few writes and at
 /// the end; then every degraded assembly the level allows.
 fn exercise(tag: &str, spec: &Spec, seed: u64) {
-    let (_dir, paths, mut model) = build(tag, spec);
+    let (_dir, paths, mut model) = build_synth("umd-write", tag, spec);
     let asm = assemble_writable(&paths, &AssembleOptions::default()).unwrap();
     let array = &asm.array;
     assert!(array.writable());
@@ -198,7 +160,7 @@ fn degraded_mirror_takes_writes() {
         ("deg-r10", spec(Level::Raid10, 4, 3 * MIB, 8, 0x102)),
         ("deg-r10f", spec(Level::Raid10, 4, 3 * MIB, 8, 0x201)),
     ] {
-        let (_dir, paths, mut model) = build(tag, &s);
+        let (_dir, paths, mut model) = build_synth("umd-write", tag, &s);
         let asm = assemble_writable(&paths[1..], &AssembleOptions::default()).unwrap();
         assert!(asm.degraded);
         let array = &asm.array;

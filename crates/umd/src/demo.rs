@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use md::{assemble, AssembleOptions};
 
 use crate::{CliError, CmdResult};
+use md::synth::Rng;
 
 /// Pattern id of the data the demo writes (the fixtures use 1).
 const PATTERN: u64 = 2;
@@ -103,22 +104,6 @@ impl Write for Verifier<'_> {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
-    }
-}
-
-/// xorshift64*: reproducible data for the small writes.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
     }
 }
 

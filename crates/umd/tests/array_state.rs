@@ -13,6 +13,7 @@
 mod common;
 
 use common::*;
+use md::synth::Rng;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
@@ -104,17 +105,6 @@ fn observe(path: PathBuf, t0: Instant, stop: Arc<AtomicBool>) -> std::thread::Jo
         }
         rec
     })
-}
-
-/// xorshift64*: reproducible offsets.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
 }
 
 /// Creates an array with `create_args` on `n` members, serves it

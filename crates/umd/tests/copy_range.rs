@@ -15,6 +15,7 @@
 mod common;
 
 use common::*;
+use md::synth::Rng;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -78,25 +79,6 @@ fn check(f: &File, model: &[u8], what: &str) {
     }
     if let Some(i) = back.iter().zip(model).position(|(a, b)| a != b) {
         panic!("{what}: byte {i} is {:#x}, the model has {:#x}", back[i], model[i]);
-    }
-}
-
-/// xorshift64*: reproducible test data without a dependency.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn fill(&mut self, buf: &mut [u8]) {
-        for b in buf {
-            *b = self.next() as u8;
-        }
     }
 }
 

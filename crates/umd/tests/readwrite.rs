@@ -11,6 +11,7 @@
 mod common;
 
 use common::*;
+use md::synth::Rng;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -41,20 +42,6 @@ fn stop(dir: &Path) {
 
 fn array_state(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("md/array_state")).expect("array_state")
-}
-
-/// xorshift64*: reproducible test data without a dependency.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 /// Each single member of `n`.

@@ -32,6 +32,22 @@ impl Drop for Scratch {
     }
 }
 
+/// Builds the synthetic array `spec` on fresh images in a unique temp
+/// directory (`prefix`, `tag`, the process ID), filled with the fixtures'
+/// pattern (id 1); returns the directory, the member paths and the
+/// array's content.
+pub fn build_synth(prefix: &str, tag: &str, spec: &md::synth::Spec) -> (Scratch, Vec<PathBuf>, Vec<u8>) {
+    let dir = Scratch(std::env::temp_dir().join(format!("{prefix}-{}-{tag}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&dir.0);
+    std::fs::create_dir_all(&dir.0).expect("create temp dir");
+    let paths: Vec<PathBuf> = (0..spec.member_bytes.len()).map(|i| dir.0.join(format!("m{i}.img"))).collect();
+    let fill = &mut |off, buf: &mut [u8]| md::synth::pattern_fill(off, 1, buf);
+    let size = md::synth::write_array(spec, &paths, fill).expect("write synthetic array");
+    let mut model = vec![0u8; size as usize];
+    md::synth::pattern_fill(0, 1, &mut model);
+    (dir, paths, model)
+}
+
 /// Member image files, reached past their data offset.
 pub struct Images {
     pub files: Vec<File>,
