@@ -10,7 +10,7 @@
 //! active references, poll) are `kernfs`'s. The values of a read-only
 //! assembly are its true values: `array_state` reads `readonly`, `degraded`
 //! counts the missing slots, `sync_action` is `idle` (or `frozen`). Stores
-//! whose semantics arrive with the write path (issue 6 onward) answer
+//! whose semantics arrive with resync and failure handling (issue 8) answer
 //! `EBUSY`, `EROFS` or `EINVAL` as md would for a running read-only array;
 //! none pretends success. Garbage is `EINVAL` and changes nothing.
 //! `array_state` and `safe_mode_delay` are [`crate::state`]'s machine, for

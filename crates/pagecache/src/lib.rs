@@ -11,8 +11,8 @@
 //! loop [`generic_perform_write`] over [`Source`]s (memory and cache
 //! ranges, including the mapping being written) and [`copy_range`] on top
 //! of it; writeback by flusher threads, dirty throttling, `fsync` and the
-//! errseq rule. It knows nothing of md: the stripe cache of parity RAID is
-//! a mapping whose ops are the personality's (issue 6).
+//! errseq rule. It knows nothing of md: md's raid4/5/6 stripe cache
+//! (`md::stripe`) is one of its mappings, `BlockOps` over the members.
 //!
 //! ## Synchronization model
 //! Locks, in the only order they are ever nested:
