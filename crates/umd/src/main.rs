@@ -6,7 +6,7 @@
 //! `md` crate and serves them through `export`; it holds no RAID logic of its
 //! own.
 //!
-//! Commands: `create`, `examine`, `extract`, `assemble`, `detail`, `stop`, `bench`, `demo`.
+//! Commands: `create`, `examine`, `extract`, `assemble`, `mon`, `detail`, `stop`, `bench`, `demo`.
 //! Every error is one line on stderr, `umd: MEMBER: reason`, and a non-zero
 //! exit status.
 
@@ -127,6 +127,17 @@ enum Command {
     Create(create::Options),
     /// Print the grammar of fault specs (`--faults`, `--member-faults`).
     HelpFaults,
+    /// Manage the superblocks of the read-write array served at DIR (the
+    /// metadata manager, mdmon's role): started by `umd assemble` for every
+    /// read-write array; run it by hand to take over after it died. With
+    /// --status, ask the running one what it has done.
+    Mon {
+        /// Print the running manager's status line instead.
+        #[arg(long)]
+        status: bool,
+        /// Mount directory given to `umd assemble --mount`.
+        dir: PathBuf,
+    },
     /// Stop the array served at DIR: unmount it and end its process.
     #[command(alias = "S")]
     Stop {
@@ -222,6 +233,13 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Stop { dir } => mount::stop(&dir),
+        Command::Mon { status, dir } => {
+            if status {
+                mount::mon_status(&dir)
+            } else {
+                mount::mon(&dir)
+            }
+        }
         Command::Detail { dir, json } => detail::run(&dir, json),
         Command::Bench { name, json, quick, full, dir } => bench::run(&name, json, quick, full, dir),
         Command::Demo { dir, keep, member_mib } => demo::run(dir, keep, member_mib),

@@ -1,13 +1,17 @@
-//! `umd assemble [--readonly] --mount DIR` and `umd stop DIR`.
+//! `umd assemble [--readonly] --mount DIR`, `umd stop DIR` and `umd mon DIR`.
 //!
 //! Without `--readonly`, the array is served read-write: members open
 //! read-write, md's attributes are published as a running array with
 //! external metadata (`array_state` starts `clean`), and every write
 //! through `DIR/data` runs md's write handshake
 //! ([`md::state::StateMachine::write_start`]/`write_end`); which levels
-//! take writes is md's business ([`md::Array::write_at`]). Until the
-//! metadata manager of issue 7 exists, this process acknowledges the
-//! handshake itself (see [`MetadataAcknowledger`]). `copy_file_range(2)`
+//! take writes is md's business ([`md::Array::write_at`]). The handshake is
+//! acknowledged by the metadata manager, `umd mon DIR` (the `mon` crate), a
+//! separate process started once the mount is up: it writes the
+//! superblocks dirty before it stores `active` and clean after it stores
+//! `clean`. On SIGTERM/`umd stop` the array is stopped first (no new
+//! writes, the ones in flight finish), the manager leaves the superblocks
+//! clean and exits, then the mount goes. `copy_file_range(2)`
 //! within `DIR/data` is served by [`pagecache::copy_range`] on a mapping of
 //! the array whose writes are those same handshaked writes (see
 //! [`WritableArray`]); a copy is on the members, flushed, when it returns.
@@ -298,63 +302,102 @@ impl<F: export::ArrayFile> export::ArrayFile for WritableArray<F> {
     }
 }
 
-/// The internal metadata acknowledger: stands in for the external metadata
-/// manager (issue 7 replaces it with the real one) so that writes do not
-/// block forever in md's handshake. It watches `md/array_state` through an
-/// open kernfs file (read at offset 0, then [`kernfs::OpenFile::poll_wait`])
-/// and stores `active` when it reads `write-pending`, `clean` when it reads
-/// `active-idle`. It writes no superblocks: the on-disk state is not marked
-/// dirty/clean (members stay as `umd create --assume-clean` or the last
-/// md run left them).
-struct MetadataAcknowledger {
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
+const RUN_DIR: &str = "/run/umd";
 
-impl MetadataAcknowledger {
-    fn start(array_state: &kernfs::NodeRef) -> io::Result<MetadataAcknowledger> {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        let file = array_state
-            .open(kernfs::OpenFlags { read: true, write: true })
-            .map_err(io::Error::from_raw_os_error)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new().name("umd-md-ack".into()).spawn(move || {
-            let mut buf = [0u8; 64];
-            while !flag.load(Ordering::Acquire) {
-                let n = match file.read(0, &mut buf) {
-                    Ok(n) => n,
-                    Err(_) => return, // the attribute is gone
-                };
-                let word = buf[..n].strip_suffix(b"\n").unwrap_or(&buf[..n]);
-                let reply: Option<&[u8]> = match word {
-                    b"write-pending" => Some(b"active"),
-                    b"active-idle" => Some(b"clean"),
-                    _ => None,
-                };
-                if let Some(r) = reply {
-                    // EBUSY (`clean` while a write started meanwhile): the
-                    // next notify brings us back.
-                    let _ = file.write(0, r);
-                    continue;
-                }
-                file.poll_wait(Duration::from_millis(250));
-            }
-        })?;
-        Ok(MetadataAcknowledger { stop, thread: Some(thread) })
-    }
-}
-
-impl Drop for MetadataAcknowledger {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+/// Starts `umd mon DIR` (this executable) and waits for its ready line.
+fn start_mon(dir: &Path) -> Result<std::process::Child, String> {
+    use std::io::BufRead;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the umd executable: {e}"))?;
+    let mut child = std::process::Command::new(exe)
+        .arg("mon")
+        .arg(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start umd mon: {e}"))?;
+    let Some(out) = child.stdout.take() else {
+        return Err("umd mon has no stdout".into());
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let r = io::BufReader::new(out).read_line(&mut line);
+        let _ = tx.send(r.map(|_| line));
+    });
+    match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(Ok(line)) if line.starts_with("umd mon: managing") => {
+            eprint!("{line}");
+            Ok(child)
+        }
+        other => {
+            let _ = child.kill();
+            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+            Err(match other {
+                Ok(Ok(line)) if !line.is_empty() => format!("umd mon said {:?} ({status})", line.trim()),
+                _ => format!("umd mon did not start ({status}; its reason is on stderr)"),
+            })
         }
     }
 }
 
-const RUN_DIR: &str = "/run/umd";
+/// Waits up to `limit` for the manager to exit, then kills it.
+fn reap_mon(mon: &std::sync::Mutex<Option<std::process::Child>>, limit: Duration) {
+    let mut g = mon.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(child) = g.as_mut() else { return };
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) | Err(_) => break,
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    *g = None;
+}
+
+/// The lock and control socket of the manager of `dir`.
+fn mon_paths(dir: &Path) -> (PathBuf, PathBuf) {
+    let pid = pid_file(dir);
+    (pid.with_extension("mon.lock"), pid.with_extension("mon.sock"))
+}
+
+/// Runs `umd mon DIR` (see the `mon` crate).
+pub fn mon(dir: &Path) -> CmdResult {
+    let dir = absolute(dir);
+    if !is_mounted(&dir) || !is_umd_mount(&dir) {
+        return Err(CliError(format!("{}: no umd array is mounted here", dir.display())));
+    }
+    let (lock_path, socket_path) = mon_paths(&dir);
+    let hooks = mon::Hooks {
+        guard_monitor_thread: crate::alloc_count::guard_this_thread,
+        monitor_allocs: crate::alloc_count::guarded_allocations,
+    };
+    mon::run(mon::Config { dir: dir.clone(), lock_path, socket_path, hooks }, |summary| {
+        println!("umd mon: {summary}");
+        let _ = io::stdout().flush();
+    })
+    .map_err(|e| CliError(format!("mon: {e}")))
+}
+
+/// Runs `umd mon --status DIR`: the running manager's status line.
+pub fn mon_status(dir: &Path) -> CmdResult {
+    use std::io::BufRead;
+    let dir = absolute(dir);
+    let (_, socket_path) = mon_paths(&dir);
+    let mut s = std::os::unix::net::UnixStream::connect(&socket_path).map_err(|e| {
+        CliError(format!("{}: no umd mon answers ({}: {e})", dir.display(), socket_path.display()))
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"status\n")?;
+    let mut line = String::new();
+    io::BufReader::new(&s).read_line(&mut line)?;
+    print!("{line}");
+    Ok(())
+}
 
 /// The PID file recording which process serves `dir`.
 fn pid_file(dir: &Path) -> PathBuf {
@@ -577,18 +620,6 @@ fn serve(array: Array, degraded: bool, dir: &Path, o: &Options, ready_fd: Option
             eprintln!("umd: warning: test hooks unavailable: errno {e}");
         }
     }
-    let acknowledger = if o.readonly {
-        None
-    } else {
-        match MetadataAcknowledger::start(&sysfs.array_state) {
-            Ok(a) => Some(a),
-            Err(e) => {
-                let msg = format!("{}: metadata acknowledger: {e}", dir.display());
-                write_ready(ready_fd, &format!("err {msg}\n"));
-                return Err(CliError(msg));
-            }
-        }
-    };
     let opts = export::MountOptions {
         threads: o.threads.clamp(1, 64),
         read_only: o.readonly,
@@ -613,7 +644,26 @@ fn serve(array: Array, degraded: bool, dir: &Path, o: &Options, ready_fd: Option
             pidf.display()
         );
     }
+    // The metadata manager (`umd mon DIR`), for read-write arrays: until it
+    // has stored `active`, no write passes md's write-pending handshake.
+    let mon = if o.readonly {
+        None
+    } else {
+        match start_mon(dir) {
+            Ok(child) => Some(Arc::new(std::sync::Mutex::new(Some(child)))),
+            Err(e) => {
+                let msg = format!("{}: metadata manager: {e}", dir.display());
+                write_ready(ready_fd, &format!("err {msg}\n"));
+                mount.unmounter().unmount();
+                let _ = mount.wait();
+                let _ = std::fs::remove_file(&pidf);
+                return Err(CliError(msg));
+            }
+        }
+    };
     let unmounter = mount.unmounter();
+    let machine = (!o.readonly).then(|| sysfs.machine().clone());
+    let sig_mon = mon.clone();
     std::thread::Builder::new()
         .name("umd-signals".into())
         .spawn(move || loop {
@@ -621,6 +671,19 @@ fn serve(array: Array, degraded: bool, dir: &Path, o: &Options, ready_fd: Option
             // SAFETY: `sigset` is an initialised set; `sig` is a valid out pointer.
             let rc = unsafe { libc::sigwait(&sigset, &mut sig) };
             if rc == 0 {
+                if let Some(m) = &machine {
+                    // md's stop: no new writes, the ones in flight finish,
+                    // then the manager sees `inactive` and leaves the
+                    // superblocks clean before the attributes go away.
+                    m.stop();
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while m.writes_in_flight() > 0 && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+                if let Some(mon) = &sig_mon {
+                    reap_mon(mon, Duration::from_secs(5));
+                }
                 unmounter.unmount();
                 return;
             }
@@ -641,8 +704,11 @@ fn serve(array: Array, degraded: bool, dir: &Path, o: &Options, ready_fd: Option
         let _ = io::stdout().flush();
     }
     let r = mount.wait();
-    // Every FUSE worker is gone: no write is in flight any more.
-    drop(acknowledger);
+    // Every FUSE worker is gone: no write is in flight any more. A manager
+    // still running (the mount went away under it) ends on its own.
+    if let Some(mon) = &mon {
+        reap_mon(mon, Duration::from_secs(5));
+    }
     drop(sysfs);
     let _ = std::fs::remove_file(&pidf);
     if ready_fd.is_some() {
