@@ -199,6 +199,17 @@ fn log(args: std::fmt::Arguments<'_>) {
     unsafe { libc::write(2, buf.as_ptr().cast(), len) };
 }
 
+/// Rewrites a v1.x superblock held in `block` (its first `256 + 2 *
+/// max_dev` bytes) in place: `utime`, `events`, `resync_offset`, and the
+/// checksum md computes over it. Allocation-free.
+pub fn patch_superblock(block: &mut [u8], max_dev: u32, events: u64, resync_offset: u64, utime: u64) {
+    block[192..200].copy_from_slice(&utime.to_le_bytes());
+    block[200..208].copy_from_slice(&events.to_le_bytes());
+    block[208..216].copy_from_slice(&resync_offset.to_le_bytes());
+    let csum = superblock::checksum(block, max_dev);
+    block[216..220].copy_from_slice(&csum.to_le_bytes());
+}
+
 /// One member's superblock, as the monitor rewrites it.
 struct SbMember {
     /// Byte offset of the superblock block on the member.
@@ -394,11 +405,7 @@ impl Monitor {
                 result = Err(libc::EIO);
                 continue;
             };
-            buf[192..200].copy_from_slice(&utime.to_le_bytes());
-            buf[200..208].copy_from_slice(&events.to_le_bytes());
-            buf[208..216].copy_from_slice(&resync_offset.to_le_bytes());
-            let csum = superblock::checksum(&buf, m.max_dev);
-            buf[216..220].copy_from_slice(&csum.to_le_bytes());
+            patch_superblock(&mut buf, m.max_dev, events, resync_offset, utime);
             match self.queue.run(Op::write(i, m.offset, buf, m.len)) {
                 Ok(c) => {
                     m.buf = Some(c.op.buf);
@@ -688,4 +695,55 @@ pub fn run(cfg: Config, ready: impl FnOnce(&str)) -> Result<(), MonError> {
     drop(lock);
     let _ = std::fs::remove_file(&cfg.lock_path);
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use md::synth::Spec;
+    use md::Level;
+
+    #[test]
+    fn patched_superblock_decodes_with_md_checksum() {
+        let spec = Spec::new(Level::Raid5, 4, 8 << 20);
+        let sb = spec.superblock(2).expect("superblock");
+        let mut block = vec![0u8; MAX_SB_SIZE];
+        sb.encode(&mut block);
+        for (events, resync) in [(sb.events + 1, 0u64), (sb.events + 2, superblock::MAX_SECTOR), (7, 12345)] {
+            patch_superblock(&mut block, sb.max_dev, events, resync, 1_800_000_000);
+            let back = superblock::Superblock::decode(&block, sb.super_offset, (8 << 20) / 512, true)
+                .expect("decodes with a correct checksum");
+            assert_eq!((back.events, back.resync_offset, back.utime), (events, resync, 1_800_000_000));
+            assert_eq!(back.sb_csum, superblock::checksum(&block, sb.max_dev));
+            // Nothing else changed.
+            let mut expect = sb.clone();
+            expect.events = events;
+            expect.resync_offset = resync;
+            expect.utime = 1_800_000_000;
+            expect.sb_csum = back.sb_csum;
+            assert_eq!(back, expect);
+        }
+    }
+
+    #[test]
+    fn state_words() {
+        for w in [
+            "clear",
+            "inactive",
+            "suspended",
+            "readonly",
+            "read-auto",
+            "clean",
+            "active",
+            "write-pending",
+            "active-idle",
+            "broken",
+        ] {
+            let s = State::parse(format!("{w}\n").as_bytes());
+            assert_eq!(s.word(), w);
+            assert_eq!(State::from_u8(s as u8), s);
+        }
+        assert_eq!(State::parse(b"garbage"), State::Unknown);
+        assert_eq!(State::parse(b"clean\n\n"), State::Unknown);
+    }
 }

@@ -87,3 +87,24 @@ unsafe impl GlobalAlloc for Counting {
 pub fn allocations() -> u64 {
     ALLOCS.load(Ordering::Relaxed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guard_counts_the_guarded_thread_only() {
+        let before = guarded_allocations();
+        let v: Vec<u8> = Vec::with_capacity(64);
+        std::hint::black_box(&v);
+        assert_eq!(guarded_allocations(), before, "an unguarded thread was counted");
+        std::thread::spawn(|| {
+            guard_this_thread();
+            let v = vec![1u8; 100];
+            std::hint::black_box(&v);
+        })
+        .join()
+        .expect("guarded thread");
+        assert!(guarded_allocations() > before, "the guarded thread's allocation was not counted");
+    }
+}

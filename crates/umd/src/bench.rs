@@ -52,8 +52,9 @@ pub fn run(name: &str, json: bool, quick: bool, full: bool, dir: Option<PathBuf>
         "blockio" => blockio_bench(json, quick, full, dir),
         "pagecache" => pagecache_bench(json, quick, full, dir),
         "array" => array_bench(json, quick, full, dir),
+        "mon" => crate::bench_mon::run(json, quick, full, dir),
         other => Err(CliError(format!(
-            "unknown benchmark {other:?} (available: extract, kernfs, blockio, pagecache, array)"
+            "unknown benchmark {other:?} (available: extract, kernfs, blockio, pagecache, array, mon)"
         ))),
     }
 }
@@ -159,7 +160,7 @@ fn which(tool: &str) -> Option<PathBuf> {
 }
 
 /// One JSON figure line.
-fn figure(
+pub(crate) fn figure(
     bench: &str,
     figure: &str,
     value: f64,
@@ -174,7 +175,7 @@ fn figure(
     .to_string()
 }
 
-fn percentile(v: &mut [f64], p: f64) -> f64 {
+pub(crate) fn percentile(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let i = ((v.len() as f64 - 1.0) * p).round() as usize;
     v[i.min(v.len() - 1)]

@@ -12,6 +12,7 @@
 
 mod alloc_count;
 mod bench;
+mod bench_mon;
 mod create;
 mod demo;
 mod detail;
@@ -146,7 +147,7 @@ enum Command {
     },
     /// Run a benchmark against its baseline, side by side.
     Bench {
-        /// Which benchmark: extract, kernfs, blockio, pagecache, array.
+        /// Which benchmark: extract, kernfs, blockio, pagecache, array, mon.
         name: String,
         /// One JSON object per figure per line.
         #[arg(long)]

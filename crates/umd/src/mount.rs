@@ -359,6 +359,21 @@ fn reap_mon(mon: &std::sync::Mutex<Option<std::process::Child>>, limit: Duration
     *g = None;
 }
 
+/// Waits up to `limit` until no manager holds `dir`'s lock.
+fn wait_mon_lock_free(dir: &Path, limit: Duration) {
+    use std::os::unix::io::AsRawFd;
+    let (lock, _) = mon_paths(dir);
+    let Ok(f) = std::fs::File::open(&lock) else { return };
+    let deadline = Instant::now() + limit;
+    // SAFETY: flock on a descriptor we own; released when `f` closes.
+    while unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } != 0 {
+        if Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// The lock and control socket of the manager of `dir`.
 fn mon_paths(dir: &Path) -> (PathBuf, PathBuf) {
     let pid = pid_file(dir);
@@ -664,6 +679,7 @@ fn serve(array: Array, degraded: bool, dir: &Path, o: &Options, ready_fd: Option
     let unmounter = mount.unmounter();
     let machine = (!o.readonly).then(|| sysfs.machine().clone());
     let sig_mon = mon.clone();
+    let mon_dir = dir.to_path_buf();
     std::thread::Builder::new()
         .name("umd-signals".into())
         .spawn(move || loop {
@@ -683,6 +699,9 @@ fn serve(array: Array, degraded: bool, dir: &Path, o: &Options, ready_fd: Option
                 }
                 if let Some(mon) = &sig_mon {
                     reap_mon(mon, Duration::from_secs(5));
+                    // A manager started by hand (a takeover) is not our
+                    // child: wait until it lets go of the array's lock.
+                    wait_mon_lock_free(&mon_dir, Duration::from_secs(5));
                 }
                 unmounter.unmount();
                 return;
