@@ -231,7 +231,13 @@ pub struct Monitor {
     resync_start: File,
     /// `array_state` first, then the other watched attributes.
     pollfds: Vec<libc::pollfd>,
-    _watched: Vec<File>,
+    /// The other watched attributes (`pollfds[1..]`, same order).
+    watched: Vec<File>,
+    /// `dir` as a C string, made at start (the loop checks that the mount
+    /// is still there without allocating).
+    dir_c: std::ffi::CString,
+    /// The device of the mount (`st_dev` of `array_state`).
+    mount_dev: u64,
     members: Vec<SbMember>,
     queue: Queue,
     _engine: Engine,
@@ -372,12 +378,20 @@ impl Monitor {
         }
         stats.events.store(events, Ordering::Relaxed);
         stats.dirty.store(u8::from(dirty), Ordering::Relaxed);
+        let dir_c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+            .map_err(|_| MonError(format!("{}: path contains NUL", dir.display())))?;
+        let mount_dev = {
+            use std::os::unix::fs::MetadataExt;
+            array_state.metadata().map_err(|e| MonError(format!("{}: {e}", md.display())))?.dev()
+        };
         Ok(Monitor {
             dir: dir.to_path_buf(),
             array_state,
             resync_start,
             pollfds,
-            _watched: watched,
+            watched,
+            dir_c,
+            mount_dev,
             members: sbs,
             queue,
             _engine: engine,
@@ -565,6 +579,13 @@ impl Monitor {
                 }
                 State::Active | State::Readonly | State::ReadAuto | State::Suspended | State::Broken => {}
             }
+            if !self.mounted() {
+                log(format_args!(
+                    "{}: the array's mount is gone; superblocks stay as they are",
+                    self.dir.display()
+                ));
+                return Ok(());
+            }
             for p in self.pollfds.iter_mut() {
                 p.revents = 0;
             }
@@ -580,7 +601,28 @@ impl Monitor {
                     return Ok(());
                 }
             }
+            // As mdmon: every wake-up re-reads every attribute (a notify
+            // stays pending on an open attribute until it is read, and
+            // poll would return at once forever). A member's attribute
+            // that is gone (removed member) is no longer watched.
+            for (p, f) in self.pollfds[1..].iter_mut().zip(&self.watched) {
+                if p.fd >= 0 && p.revents != 0 && read_attr(f, &mut word).is_err() {
+                    p.fd = -1;
+                }
+            }
         }
+    }
+
+    /// Whether `dir` is still the mount the monitor opened its attributes
+    /// on (a lazily detached mount lives on while files are open on it:
+    /// without this check the monitor would keep it, and the serving
+    /// process, alive). Allocation-free.
+    fn mounted(&self) -> bool {
+        // SAFETY: stat is plain data; zeroed is a valid value.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `dir_c` is NUL-terminated and `st` a valid out pointer.
+        let rc = unsafe { libc::stat(self.dir_c.as_ptr(), &mut st) };
+        rc == 0 && st.st_dev == self.mount_dev
     }
 }
 
@@ -620,33 +662,63 @@ pub fn status_line(stats: &Stats, hooks: Hooks) -> String {
     )
 }
 
-/// Takes the one-monitor-per-array lock; the lock lives as long as the
-/// returned file. Refused (naming the holder's PID) if another holds it.
-fn take_lock(path: &Path) -> Result<File, MonError> {
-    if let Some(parent) = path.parent() {
-        let _ = std::fs::create_dir_all(parent);
+/// The one-monitor-per-array lock: an `flock`ed file holding the PID.
+/// Removed while still locked, so a file that exists and is locked is
+/// always the current holder's.
+struct Lock {
+    /// Held for its `flock`: closing it releases the lock.
+    _file: File,
+    path: PathBuf,
+}
+
+impl Lock {
+    /// Takes the lock; refused (naming the holder's PID) if another holds
+    /// it.
+    fn take(path: &Path) -> Result<Lock, MonError> {
+        use std::os::unix::fs::MetadataExt;
+        if let Some(parent) = path.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        loop {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(path)
+                .map_err(|e| MonError(format!("{}: {e}", path.display())))?;
+            // SAFETY: flock on a descriptor we own.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+                let holder = std::fs::read_to_string(path).unwrap_or_default();
+                return err(format!(
+                    "another umd mon already manages this array (pid {}, lock {})",
+                    holder.trim(),
+                    path.display()
+                ));
+            }
+            // The holder we waited on may have removed the file between our
+            // open and our flock: then we locked an orphan; start over.
+            let same = match (f.metadata(), std::fs::metadata(path)) {
+                (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+                _ => false,
+            };
+            if !same {
+                continue;
+            }
+            f.set_len(0).map_err(|e| MonError(format!("{}: {e}", path.display())))?;
+            f.write_at(format!("{}\n", std::process::id()).as_bytes(), 0)
+                .map_err(|e| MonError(format!("{}: {e}", path.display())))?;
+            return Ok(Lock { _file: f, path: path.to_path_buf() });
+        }
     }
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| MonError(format!("{}: {e}", path.display())))?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let holder = std::fs::read_to_string(path).unwrap_or_default();
-        return err(format!(
-            "another umd mon already manages this array (pid {}, lock {})",
-            holder.trim(),
-            path.display()
-        ));
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        // Removed while locked; the lock goes with the descriptor.
+        let _ = std::fs::remove_file(&self.path);
     }
-    f.set_len(0).map_err(|e| MonError(format!("{}: {e}", path.display())))?;
-    f.write_at(format!("{}\n", std::process::id()).as_bytes(), 0)
-        .map_err(|e| MonError(format!("{}: {e}", path.display())))?;
-    Ok(f)
 }
 
 /// Runs the manager for the array at `cfg.dir` until the array stops or
@@ -655,16 +727,9 @@ fn take_lock(path: &Path) -> Result<File, MonError> {
 /// summary, serves the control socket on the manager thread and runs the
 /// monitor on its own thread.
 pub fn run(cfg: Config, ready: impl FnOnce(&str)) -> Result<(), MonError> {
-    let lock = take_lock(&cfg.lock_path)?;
+    let _lock = Lock::take(&cfg.lock_path)?;
     let stats = Arc::new(Stats::default());
-    let mut monitor = match Monitor::prepare(&cfg.dir, stats.clone()) {
-        Ok(m) => m,
-        Err(e) => {
-            drop(lock);
-            let _ = std::fs::remove_file(&cfg.lock_path);
-            return Err(e);
-        }
-    };
+    let mut monitor = Monitor::prepare(&cfg.dir, stats.clone())?;
     let _ = std::fs::remove_file(&cfg.socket_path);
     let listener = std::os::unix::net::UnixListener::bind(&cfg.socket_path)
         .map_err(|e| MonError(format!("{}: {e}", cfg.socket_path.display())))?;
@@ -678,25 +743,31 @@ pub fn run(cfg: Config, ready: impl FnOnce(&str)) -> Result<(), MonError> {
         if monitor.dirty { "dirty" } else { "clean" }
     );
     let mgr_stats = stats.clone();
-    std::thread::Builder::new()
+    let spawned = std::thread::Builder::new()
         .name("umd-mon-manager".into())
         .spawn(move || manager(listener, mgr_stats, hooks))
-        .map_err(|e| MonError(format!("manager thread: {e}")))?;
-    let mon = std::thread::Builder::new()
-        .name("umd-mon-monitor".into())
-        .spawn(move || {
-            (hooks.guard_monitor_thread)();
-            monitor.run()
-        })
-        .map_err(|e| MonError(format!("monitor thread: {e}")))?;
+        .map_err(|e| MonError(format!("manager thread: {e}")))
+        .and_then(|_| {
+            std::thread::Builder::new()
+                .name("umd-mon-monitor".into())
+                .spawn(move || {
+                    (hooks.guard_monitor_thread)();
+                    monitor.run()
+                })
+                .map_err(|e| MonError(format!("monitor thread: {e}")))
+        });
+    let mon = match spawned {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = std::fs::remove_file(&cfg.socket_path);
+            return Err(e);
+        }
+    };
     ready(&summary);
     let r = mon.join().unwrap_or_else(|_| err("the monitor thread panicked"));
     let _ = std::fs::remove_file(&cfg.socket_path);
-    drop(lock);
-    let _ = std::fs::remove_file(&cfg.lock_path);
     r
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

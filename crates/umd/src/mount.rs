@@ -403,13 +403,17 @@ pub fn mon_status(dir: &Path) -> CmdResult {
     use std::io::BufRead;
     let dir = absolute(dir);
     let (_, socket_path) = mon_paths(&dir);
-    let mut s = std::os::unix::net::UnixStream::connect(&socket_path).map_err(|e| {
-        CliError(format!("{}: no umd mon answers ({}: {e})", dir.display(), socket_path.display()))
-    })?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(b"status\n")?;
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        CliError(format!("{}: no umd mon answers ({}: {what}{e})", dir.display(), socket_path.display()))
+    };
+    let mut s = std::os::unix::net::UnixStream::connect(&socket_path).map_err(|e| fail("", &e))?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| fail("", &e))?;
+    s.write_all(b"status\n").map_err(|e| fail("sending: ", &e))?;
     let mut line = String::new();
-    io::BufReader::new(&s).read_line(&mut line)?;
+    let n = io::BufReader::new(&s).read_line(&mut line).map_err(|e| fail("reading: ", &e))?;
+    if n == 0 || !line.starts_with("state=") {
+        return Err(fail("", &format_args!("unexpected reply {:?}", line.trim_end())));
+    }
     print!("{line}");
     Ok(())
 }
