@@ -101,6 +101,11 @@ impl ArrayState {
     pub fn from_word(w: &[u8]) -> Option<ArrayState> {
         ArrayState::ALL.iter().copied().find(|s| s.word().as_bytes() == w)
     }
+
+    /// The state whose number (`state as u8`) is `v`.
+    pub fn from_u8(v: u8) -> Option<ArrayState> {
+        ArrayState::ALL.get(usize::from(v)).copied()
+    }
 }
 
 /// The mutable state behind the attributes.

@@ -54,6 +54,7 @@ use blockio::{
     Access, BufPool, Direct, Engine, EngineKind, IoBuf, Member, MemberOptions, Op, PoolConfig, Queue,
 };
 use md::superblock::{self, MAX_SB_SIZE};
+use md::sysfs::ArrayState;
 
 /// What the binary provides around the monitor thread.
 #[derive(Clone, Copy)]
@@ -93,78 +94,19 @@ fn err<T>(msg: impl Into<String>) -> Result<T, MonError> {
     Err(MonError(msg.into()))
 }
 
-/// md's `array_state` words.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum State {
-    Unknown = 0,
-    Clear,
-    Inactive,
-    Suspended,
-    Readonly,
-    ReadAuto,
-    Clean,
-    Active,
-    WritePending,
-    ActiveIdle,
-    Broken,
+/// `array_state` as read: md's word (one trailing newline allowed), or
+/// `None` for anything else.
+fn parse_state(w: &[u8]) -> Option<ArrayState> {
+    ArrayState::from_word(w.strip_suffix(b"\n").unwrap_or(w))
 }
 
-impl State {
-    /// From the text of `array_state` (one trailing newline allowed).
-    pub fn parse(w: &[u8]) -> State {
-        let w = w.strip_suffix(b"\n").unwrap_or(w);
-        match w {
-            b"clear" => State::Clear,
-            b"inactive" => State::Inactive,
-            b"suspended" => State::Suspended,
-            b"readonly" => State::Readonly,
-            b"read-auto" => State::ReadAuto,
-            b"clean" => State::Clean,
-            b"active" => State::Active,
-            b"write-pending" => State::WritePending,
-            b"active-idle" => State::ActiveIdle,
-            b"broken" => State::Broken,
-            _ => State::Unknown,
-        }
-    }
+/// [`Stats::state`]'s encoding: 0 unknown, else the state's number + 1.
+fn encode_state(s: Option<ArrayState>) -> u8 {
+    s.map_or(0, |s| s as u8 + 1)
+}
 
-    fn from_u8(v: u8) -> State {
-        use State::*;
-        [
-            Unknown,
-            Clear,
-            Inactive,
-            Suspended,
-            Readonly,
-            ReadAuto,
-            Clean,
-            Active,
-            WritePending,
-            ActiveIdle,
-            Broken,
-        ]
-        .get(usize::from(v))
-        .copied()
-        .unwrap_or(Unknown)
-    }
-
-    /// The md word.
-    pub fn word(self) -> &'static str {
-        match self {
-            State::Unknown => "unknown",
-            State::Clear => "clear",
-            State::Inactive => "inactive",
-            State::Suspended => "suspended",
-            State::Readonly => "readonly",
-            State::ReadAuto => "read-auto",
-            State::Clean => "clean",
-            State::Active => "active",
-            State::WritePending => "write-pending",
-            State::ActiveIdle => "active-idle",
-            State::Broken => "broken",
-        }
-    }
+fn decode_state(v: u8) -> &'static str {
+    v.checked_sub(1).and_then(ArrayState::from_u8).map_or("unknown", ArrayState::word)
 }
 
 /// What the monitor has done (shared with the manager).
@@ -182,7 +124,7 @@ pub struct Stats {
     pub events: AtomicU64,
     /// Whether the superblocks on disk say dirty (1) or clean (0).
     pub dirty: AtomicU8,
-    /// The last `array_state` read.
+    /// The last `array_state` read (0: not an md word, else its number + 1).
     pub state: AtomicU8,
 }
 
@@ -506,11 +448,11 @@ impl Monitor {
                     return Ok(());
                 }
             };
-            let state = State::parse(&word[..n]);
-            self.stats.state.store(state as u8, Ordering::Relaxed);
+            let state = parse_state(&word[..n]);
+            self.stats.state.store(encode_state(state), Ordering::Relaxed);
             let mut retry = false;
             match state {
-                State::WritePending => {
+                Some(ArrayState::WritePending) => {
                     // The metadata write always comes before the ack.
                     if !self.dirty {
                         match self.write_superblocks(0) {
@@ -537,7 +479,7 @@ impl Monitor {
                         }
                     }
                 }
-                State::ActiveIdle => match self.store(b"clean") {
+                Some(ArrayState::ActiveIdle) => match self.store(b"clean") {
                     Ok(()) => {
                         if self.dirty && !self.mark_clean() {
                             retry = true;
@@ -551,7 +493,7 @@ impl Monitor {
                         retry = true;
                     }
                 },
-                State::Clean => {
+                Some(ArrayState::Clean) => {
                     // In sync with no writes in flight (a writer would wait
                     // for us in write-pending): superblocks left dirty by a
                     // failed write or an earlier monitor are made clean.
@@ -559,14 +501,14 @@ impl Monitor {
                         retry = true;
                     }
                 }
-                State::Inactive | State::Clear => {
+                Some(ArrayState::Inactive | ArrayState::Clear) => {
                     // md stops an array only with no writes in flight.
                     if self.dirty {
                         self.mark_clean();
                     }
                     return Ok(());
                 }
-                State::Unknown => {
+                None => {
                     if !unknown_logged {
                         let shown = std::str::from_utf8(&word[..n]).unwrap_or("(not text)");
                         log(format_args!(
@@ -577,7 +519,13 @@ impl Monitor {
                     }
                     self.stats.errors.fetch_add(1, Ordering::Relaxed);
                 }
-                State::Active | State::Readonly | State::ReadAuto | State::Suspended | State::Broken => {}
+                Some(
+                    ArrayState::Active
+                    | ArrayState::Readonly
+                    | ArrayState::ReadAuto
+                    | ArrayState::Suspended
+                    | ArrayState::Broken,
+                ) => {}
             }
             if !self.mounted() {
                 log(format_args!(
@@ -651,7 +599,7 @@ pub fn status_line(stats: &Stats, hooks: Hooks) -> String {
     let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
     format!(
         "state={} dirty={} events={} acks={} cleans={} sb_writes={} errors={} monitor_allocs={}",
-        State::from_u8(stats.state.load(Ordering::Relaxed)).word(),
+        decode_state(stats.state.load(Ordering::Relaxed)),
         stats.dirty.load(Ordering::Relaxed),
         l(&stats.events),
         l(&stats.acks),
@@ -810,11 +758,12 @@ mod tests {
             "active-idle",
             "broken",
         ] {
-            let s = State::parse(format!("{w}\n").as_bytes());
-            assert_eq!(s.word(), w);
-            assert_eq!(State::from_u8(s as u8), s);
+            let s = parse_state(format!("{w}\n").as_bytes());
+            assert_eq!(s.map(ArrayState::word), Some(w));
+            assert_eq!(decode_state(encode_state(s)), w);
         }
-        assert_eq!(State::parse(b"garbage"), State::Unknown);
-        assert_eq!(State::parse(b"clean\n\n"), State::Unknown);
+        assert_eq!(parse_state(b"garbage"), None);
+        assert_eq!(parse_state(b"clean\n\n"), None);
+        assert_eq!(decode_state(encode_state(None)), "unknown");
     }
 }
