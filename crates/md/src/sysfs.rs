@@ -116,6 +116,9 @@ pub struct MdState {
     sync_frozen: AtomicBool,
     /// Per slot: read errors corrected or seen (`dev-*/errors`).
     errors: Vec<AtomicU32>,
+    /// `array_state` shows text that is no md word (see
+    /// [`MdSysfs::garble_array_state`]).
+    garbled: AtomicBool,
 }
 
 impl MdState {
@@ -155,6 +158,15 @@ impl MdSysfs {
     /// pollers. Lock-free; used by the array's state machine and by tests.
     pub fn set_array_state(&self, s: ArrayState) {
         self.state.machine.force(s);
+    }
+
+    /// Makes `array_state` show (`on`) or stop showing text that is no md
+    /// word, and notifies: for tests of a metadata manager's behaviour
+    /// when an attribute answers garbage (umd's `UMD_TEST_HOOKS`). The
+    /// state machine itself is unchanged.
+    pub fn garble_array_state(&self, on: bool) {
+        self.state.garbled.store(on, Ordering::Relaxed);
+        self.array_state.notify();
     }
 
     /// The array's state machine (the data path calls
@@ -318,6 +330,7 @@ pub fn publish(fs: &Arc<Kernfs>, parent: &NodeRef, array: &Array, readonly: bool
     let state = Arc::new(MdState {
         machine: machine.clone(),
         sync_frozen: AtomicBool::new(false),
+        garbled: AtomicBool::new(false),
         errors: (0..raid_disks).map(|_| AtomicU32::new(0)).collect(),
     });
     let md = fs.create_dir(parent, "md", 0o755)?;
@@ -357,7 +370,13 @@ pub fn publish(fs: &Arc<Kernfs>, parent: &NodeRef, array: &Array, readonly: bool
         "array_state",
         RW,
         pre(Arc::new(FnAttr {
-            show: move |out: &mut ShowBuf| line(out, format_args!("{}", st.array_state().word())),
+            show: move |out: &mut ShowBuf| {
+                if st.garbled.load(Ordering::Relaxed) {
+                    line(out, format_args!("?garbled?"))
+                } else {
+                    line(out, format_args!("{}", st.array_state().word()))
+                }
+            },
             store: array_state_store,
         })),
     )?;

@@ -749,7 +749,9 @@ fn serve(array: Array, degraded: bool, dir: &Path, o: &Options, ready_fd: Option
 /// machinery will make later (so tests can observe notify/poll and member
 /// removal over the real mount): `array_state WORD` sets md/array_state and
 /// notifies; `remove SLOT` removes md/dev-*/ of that slot as md does when a
-/// member leaves the array. A writable array also gets a read-only
+/// member leaves the array; `array_state_garbage on|off` makes
+/// md/array_state answer text that is no md word (a metadata manager must
+/// then keep the array blocked, not guess). A writable array also gets a read-only
 /// `DIR/umd-test-copies` showing `CALLS BYTES`: the copies served by the
 /// copy cache ([`WritableArray::copy_stats`]), so tests can tell them from
 /// a copy the kernel did by reading and writing. Never present without the
@@ -776,6 +778,11 @@ fn add_test_hooks(
                     let slot: usize = arg.parse().map_err(|_| libc::EINVAL)?;
                     self.0.remove_member(slot)?;
                 }
+                "array_state_garbage" => match arg {
+                    "on" => self.0.garble_array_state(true),
+                    "off" => self.0.garble_array_state(false),
+                    _ => return Err(libc::EINVAL),
+                },
                 _ => return Err(libc::EINVAL),
             }
             Ok(data.len())

@@ -189,12 +189,21 @@ struct Served {
 
 impl Served {
     fn assemble(dir: &Path, members: &[PathBuf], opts: &[&str]) -> (Served, String) {
+        Served::assemble_hooks(dir, members, opts, false)
+    }
+
+    /// [`Served::assemble`], with `UMD_TEST_HOOKS=1` when `hooks` (the
+    /// daemon then serves `DIR/umd-test-hook`).
+    fn assemble_hooks(dir: &Path, members: &[PathBuf], opts: &[&str], hooks: bool) -> (Served, String) {
         std::fs::create_dir_all(dir).expect("mkdir");
         let parent = std::fs::canonicalize(dir.parent().expect("parent")).expect("canonicalize");
         let dir = parent.join(dir.file_name().expect("name"));
         let mount = MountGuard { dir: dir.clone(), pid: None };
-        let out =
-            run(umd().arg("assemble").args(opts).arg("--mount").arg(&dir).arg("--daemon").args(members));
+        let mut cmd = umd();
+        if hooks {
+            cmd.env("UMD_TEST_HOOKS", "1");
+        }
+        let out = run(cmd.arg("assemble").args(opts).arg("--mount").arg(&dir).arg("--daemon").args(members));
         let served = Served { daemon: pid_in(&run_file(&dir, "pid")), dir, _mount: mount };
         assert!(out.status.success(), "assemble: {}", String::from_utf8_lossy(&out.stderr));
         assert!(served.daemon.is_some(), "no PID file for {}", served.dir.display());
@@ -883,4 +892,48 @@ fn lazy_unmount_ends_manager_and_daemon() {
     }
     assert!(exited(mon), "the manager outlived its lazily detached mount");
     assert!(exited(daemon), "the serving process outlived its lazily detached mount");
+}
+
+/// An `array_state` answering text that is no md word: the manager logs,
+/// counts an error and does nothing — a write to the clean array stays
+/// blocked and the superblocks untouched — rather than guessing; once the
+/// attribute answers md's words again, the write goes through.
+#[test]
+fn garbage_array_state_keeps_writes_blocked() {
+    let s = Scratch::new("mon-garbage");
+    let members = members(&s, 4);
+    create(&RAID5, &members);
+    let img = Images::open(&members);
+    let (a, _) = Served::assemble_hooks(&s.path("mnt"), &members, &[], true);
+    write_attr(&a.md("safe_mode_delay"), "2.000\n");
+    let watch = StateWatch::open(&a.md("array_state"));
+    assert_eq!(watch.read(), "clean");
+    let e0 = img.assert_all_clean(None, "before");
+    let raw0 = img.raw();
+    let hook = a.dir.join("umd-test-hook");
+
+    write_attr(&hook, "array_state_garbage on");
+    watch.wait_for("?garbled?", Duration::from_secs(5), "garbled");
+    let done = write_in_thread(&a.dir.join("data"), 3 << 20, 0x5c);
+    match done.recv_timeout(Duration::from_millis(800)) {
+        Err(mpsc::RecvTimeoutError::Timeout) => {}
+        other => panic!("a write completed while array_state answered garbage: {other:?}"),
+    }
+    assert!(img.raw() == raw0, "superblocks changed while array_state answered garbage");
+    let st = status_until(&a.dir, "an error counted", |m| num(m, "errors") >= 1);
+    assert_eq!(num(&st, "acks"), 0, "acknowledged while array_state answered garbage: {st:?}");
+    assert_eq!(st.get("state").map(String::as_str), Some("unknown"), "status {st:?}");
+
+    write_attr(&hook, "array_state_garbage off");
+    let r = done
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the write did not complete once array_state recovered");
+    r.expect("the write failed");
+    let after = img.all();
+    for (k, sb) in after.iter().enumerate() {
+        assert!(sb.dirty() && sb.events == e0 + 1, "member {k} after the write: {sb:?} (events before {e0})");
+    }
+    drop(watch);
+    a.stop();
+    img.assert_all_clean(Some(e0 + 2), "after umd stop");
 }
