@@ -78,13 +78,7 @@ fn write_read_back(tag: &str, create_args: &[&str], n: usize, seed: u64, missing
     assert!(size > 0);
     let mut model = vec![0u8; size as usize];
     let mut rng = Rng(seed);
-    for _ in 0..64 {
-        let len = 1 + rng.below(200_000.min(size)) as usize;
-        let off = rng.below(size - len as u64 + 1);
-        let buf: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
-        f.write_all_at(&buf, off).expect("pwrite");
-        model[off as usize..off as usize + len].copy_from_slice(&buf);
-    }
+    random_writes(&f, &mut model, &mut rng, 64, 200_000);
     f.sync_all().expect("fsync");
     let state = array_state(&dir);
     assert!(
@@ -314,13 +308,7 @@ fn degraded_write_read_back(
     let mut model = vec![0u8; size as usize];
     f.read_exact_at(&mut model, 0).expect("read before writing");
     let mut rng = Rng(seed);
-    for _ in 0..48 {
-        let len = 1 + rng.below(150_000.min(size)) as usize;
-        let off = rng.below(size - len as u64 + 1);
-        let buf: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
-        f.write_all_at(&buf, off).expect("pwrite");
-        model[off as usize..off as usize + len].copy_from_slice(&buf);
-    }
+    random_writes(&f, &mut model, &mut rng, 48, 150_000);
     f.sync_all().expect("fsync");
     let mut back = vec![0u8; size as usize];
     f.read_exact_at(&mut back, 0).expect("read back");

@@ -40,13 +40,7 @@ fn round_trip(level: &str, n: usize, layout: Option<&str>, seed: u64) {
     let mut model = vec![0u8; size as usize];
     f.read_exact_at(&mut model, 0).expect("read before writing");
     let mut rng = Rng::new(seed);
-    for _ in 0..24 {
-        let len = 1 + rng.below(100_000.min(size)) as usize;
-        let off = rng.below(size - len as u64 + 1);
-        let buf = rng.bytes(len);
-        f.write_all_at(&buf, off).expect("pwrite");
-        model[off as usize..off as usize + len].copy_from_slice(&buf);
-    }
+    random_writes(&f, &mut model, &mut rng, 24, 100_000);
     f.sync_all().expect("fsync");
     let mut back = vec![0u8; size as usize];
     f.read_exact_at(&mut back, 0).expect("read back");
