@@ -1,7 +1,30 @@
-//! An assembled array: the personality plus the members in their slots.
+//! An assembled array: the personality plus the members in their slots,
+//! and md's member-failure rules (`md_error`, the `Blocked` wait).
+//!
+//! ## Member failure (md's protocol, external metadata)
+//! A member write (or flush) that fails with an I/O error calls
+//! [`Health::fail`] (md's `md_error`): the member becomes `faulty` and
+//! `blocked` ([`flags`]), stops being read or written (it counts as
+//! missing), and the array's [`ArrayEvents`] sink (the attribute tree) is
+//! told: md sets "change pending", so `array_state` shows `write-pending`,
+//! and notifies the member's `state`. The write that saw the error, and
+//! every write that completes while any member is blocked, waits in
+//! [`ArrayEvents::wait_unblocked`] until the metadata manager has recorded
+//! the failure in the survivors' superblocks and stored `-blocked`: no
+//! write that needed the failed member is acknowledged before the
+//! metadata says so. A failure the level cannot survive (the array would
+//! lose data) leaves the member in place (reads it can still serve go on,
+//! as md keeps the last mirror), marks the array broken, and fails the
+//! write with `EIO`.
+//!
+//! ## Synchronization model
+//! Member flags are atomics read lock-free by the I/O paths; changes to
+//! them go through `Health::lock` (a leaf mutex held for the decision and
+//! the flag update only; the sink is called after it is released).
 
 use std::io;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use blockio::{Access, Member};
 
@@ -21,6 +44,39 @@ pub struct SlotMember {
     pub data_bytes: u64,
     /// The member's own superblock.
     pub sb: Superblock,
+    /// md's member flags ([`flags`]).
+    pub flags: AtomicU32,
+}
+
+/// md's per-member flags (`rdev->flags`), the ones umd keeps.
+pub mod flags {
+    /// Failed: neither read nor written; counts as missing.
+    pub const FAULTY: u32 = 1;
+    /// Writes wait until the manager has recorded the failure and stored
+    /// `-blocked`.
+    pub const BLOCKED: u32 = 2;
+    /// A write to the member failed (`write_error`).
+    pub const WRITE_ERROR: u32 = 4;
+    /// Taken out of the array (`remove`): the slot is empty.
+    pub const REMOVED: u32 = 8;
+}
+
+impl SlotMember {
+    /// A member in service (no flags).
+    pub fn new(dev: Arc<Member>, sb: Superblock) -> SlotMember {
+        SlotMember {
+            data_start: sb.data_offset * 512,
+            data_bytes: sb.data_size * 512,
+            dev,
+            sb,
+            flags: AtomicU32::new(0),
+        }
+    }
+
+    /// The member's flags.
+    pub fn flags(&self) -> u32 {
+        self.flags.load(Ordering::Acquire)
+    }
 }
 
 /// Members by slot (`None`: missing).
@@ -28,8 +84,9 @@ pub struct SlotMember {
 pub struct Slots(pub Vec<Option<SlotMember>>);
 
 impl MemberRead for Slots {
+    /// A member sits in `slot` and has not failed.
     fn is_present(&self, slot: usize) -> bool {
-        matches!(self.0.get(slot), Some(Some(_)))
+        matches!(self.0.get(slot), Some(Some(m)) if m.flags() & flags::FAULTY == 0)
     }
 
     fn read_at(&self, slot: usize, offset: u64, buf: &mut [u8]) -> io::Result<()> {
@@ -53,6 +110,21 @@ impl MemberRead for Slots {
 }
 
 impl Slots {
+    /// The member in `slot` if it is in service (present, not faulty).
+    pub fn in_service(&self, slot: usize) -> Option<&SlotMember> {
+        self.0.get(slot)?.as_ref().filter(|m| m.flags() & flags::FAULTY == 0)
+    }
+
+    /// Slots with no member in service.
+    pub fn missing(&self) -> usize {
+        (0..self.0.len()).filter(|&s| self.in_service(s).is_none()).count()
+    }
+
+    /// Members whose writes wait for the manager (`blocked`).
+    pub fn blocked(&self) -> usize {
+        self.0.iter().flatten().filter(|m| m.flags() & flags::BLOCKED != 0).count()
+    }
+
     /// Writes all of `data` at `offset` of `slot`'s data area, refusing
     /// writes outside the data area.
     pub fn write_at(&self, slot: usize, offset: u64, data: &[u8]) -> io::Result<()> {
@@ -75,15 +147,170 @@ impl Slots {
     }
 }
 
+/// What the array's owner does on md's member events: the attribute tree
+/// implements it (md's "change pending", the notifications, the wait for
+/// `-blocked`). Called with no array lock held.
+pub trait ArrayEvents: Send + Sync {
+    /// `slot` was marked faulty (and blocked, if failures block).
+    fn member_failed(&self, slot: usize);
+    /// `slot`'s `blocked` flag was set or cleared by a store.
+    fn blocked_changed(&self, slot: usize);
+    /// `slot` was taken out of the array (`remove`).
+    fn member_removed(&self, slot: usize);
+    /// A failure the level cannot survive: the array is broken.
+    fn broken(&self);
+    /// Blocks until no member is blocked. Fails if the array stops or
+    /// breaks meanwhile (the write is then not acknowledged).
+    fn wait_unblocked(&self, slots: &Slots) -> io::Result<()>;
+}
+
+/// md's member-failure state of an array (see the module doc); shared
+/// with the attribute tree.
+pub struct Health {
+    slots: Arc<Slots>,
+    personality: Arc<dyn Personality>,
+    /// Serialises flag changes (leaf).
+    lock: Mutex<()>,
+    events: OnceLock<(Arc<dyn ArrayEvents>, bool)>,
+}
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let flags: Vec<Option<u32>> = self.slots.0.iter().map(|m| m.as_ref().map(SlotMember::flags)).collect();
+        f.debug_struct("Health").field("flags", &flags).finish()
+    }
+}
+
+impl Health {
+    /// Connects the events sink; `blocks`: failures block writes until a
+    /// manager stores `-blocked` (read-write arrays with a manager). Only
+    /// the first call counts.
+    pub fn set_events(&self, events: Arc<dyn ArrayEvents>, blocks: bool) {
+        let _ = self.events.set((events, blocks));
+    }
+
+    fn events(&self) -> Option<&Arc<dyn ArrayEvents>> {
+        self.events.get().map(|(e, _)| e)
+    }
+
+    /// The members by slot.
+    pub fn slots(&self) -> &Slots {
+        &self.slots
+    }
+
+    /// `slot`'s flags (`None`: no member in the slot).
+    pub fn flags(&self, slot: usize) -> Option<u32> {
+        self.slots.0.get(slot)?.as_ref().map(SlotMember::flags)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// md's `md_error`: marks `slot` faulty (and blocked when failures
+    /// block). Returns whether the member is now out of service: `false`
+    /// when the slot is empty or the array cannot lose the member (it is
+    /// kept, the array is marked broken, and the caller's I/O fails).
+    ///
+    /// Called under: no array lock (a stripe lock is fine).
+    pub fn fail(&self, slot: usize, write_error: bool) -> bool {
+        let Some(Some(m)) = self.slots.0.get(slot) else { return false };
+        let extra = if write_error { flags::WRITE_ERROR } else { 0 };
+        let guard = self.lock();
+        let f = m.flags();
+        if f & flags::FAULTY != 0 {
+            m.flags.fetch_or(extra, Ordering::AcqRel);
+            return true;
+        }
+        let present: Vec<bool> = (0..self.slots.0.len()).map(|s| s != slot && self.slots.is_present(s)).collect();
+        if !self.personality.readable_with(&present) {
+            drop(guard);
+            if let Some(e) = self.events() {
+                e.broken();
+            }
+            return false;
+        }
+        let blocked = if self.events.get().is_some_and(|(_, b)| *b) { flags::BLOCKED } else { 0 };
+        m.flags.fetch_or(flags::FAULTY | blocked | extra, Ordering::AcqRel);
+        drop(guard);
+        if let Some(e) = self.events() {
+            e.member_failed(slot);
+        }
+        true
+    }
+
+    /// md's `blocked` / `-blocked` stores on `slot`'s `state`.
+    pub fn set_blocked(&self, slot: usize, on: bool) -> Result<(), i32> {
+        let Some(Some(m)) = self.slots.0.get(slot) else { return Err(libc::ENODEV) };
+        {
+            let _g = self.lock();
+            if m.flags() & flags::REMOVED != 0 {
+                return Err(libc::ENODEV);
+            }
+            if on {
+                m.flags.fetch_or(flags::BLOCKED, Ordering::AcqRel);
+            } else {
+                m.flags.fetch_and(!flags::BLOCKED, Ordering::AcqRel);
+            }
+        }
+        if let Some(e) = self.events() {
+            e.blocked_changed(slot);
+        }
+        Ok(())
+    }
+
+    /// md's `remove` store: takes a faulty, unblocked member out of the
+    /// array (`EBUSY` for a member in service or still blocked, as md).
+    /// The member's file stays open until the array is dropped.
+    pub fn remove(&self, slot: usize) -> Result<(), i32> {
+        let Some(Some(m)) = self.slots.0.get(slot) else { return Err(libc::ENODEV) };
+        {
+            let _g = self.lock();
+            let f = m.flags();
+            if f & flags::REMOVED != 0 {
+                return Err(libc::ENODEV);
+            }
+            if f & flags::FAULTY == 0 || f & flags::BLOCKED != 0 {
+                return Err(libc::EBUSY);
+            }
+            m.flags.fetch_or(flags::REMOVED, Ordering::AcqRel);
+        }
+        if let Some(e) = self.events() {
+            e.member_removed(slot);
+        }
+        Ok(())
+    }
+
+    /// Returns once no member is blocked (at once without a manager).
+    pub fn wait_unblocked(&self) -> io::Result<()> {
+        if self.slots.blocked() == 0 {
+            return Ok(());
+        }
+        match self.events() {
+            Some(e) => e.wait_unblocked(&self.slots),
+            None => Ok(()),
+        }
+    }
+
+    /// What a failed member I/O does: an I/O error fails the member
+    /// (absorbed: `true`); a request outside the data area is a bug and
+    /// fails the I/O.
+    pub(crate) fn absorb(&self, slot: usize, e: &io::Error) -> bool {
+        e.kind() != io::ErrorKind::InvalidInput && self.fail(slot, true)
+    }
+}
+
 /// An assembled array.
 #[derive(Debug)]
 pub struct Array {
     /// The authoritative (freshest) superblock.
     pub sb: Superblock,
     /// The personality serving reads.
-    pub personality: Box<dyn Personality>,
+    pub personality: Arc<dyn Personality>,
     /// The members by slot.
     pub slots: Arc<Slots>,
+    /// Member failures.
+    health: Arc<Health>,
     /// The write side, made at the first write.
     writer: OnceLock<Writer>,
 }
@@ -98,8 +325,21 @@ struct Writer {
 
 impl Array {
     /// An array of `slots` laid out by `personality`.
-    pub fn new(sb: Superblock, personality: Box<dyn Personality>, slots: Slots) -> Array {
-        Array { sb, personality, slots: Arc::new(slots), writer: OnceLock::new() }
+    pub fn new(sb: Superblock, personality: impl Into<Arc<dyn Personality>>, slots: Slots) -> Array {
+        let personality = personality.into();
+        let slots = Arc::new(slots);
+        let health = Arc::new(Health {
+            slots: Arc::clone(&slots),
+            personality: Arc::clone(&personality),
+            lock: Mutex::new(()),
+            events: OnceLock::new(),
+        });
+        Array { sb, personality, slots, health, writer: OnceLock::new() }
+    }
+
+    /// The member-failure state (shared with the attribute tree).
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
     }
 
     fn writer(&self) -> &Writer {
@@ -130,13 +370,14 @@ impl Array {
         self.personality.array_bytes()
     }
 
-    /// Number of slots without a member.
+    /// Number of slots without a member in service (missing, faulty or
+    /// removed): md's `degraded`.
     pub fn missing(&self) -> usize {
-        self.slots.0.iter().filter(|s| s.is_none()).count()
+        self.slots.missing()
     }
 
     /// Reads exactly `buf.len()` bytes at `offset`. Fails for ranges outside
-    /// the array and for data no present member can supply.
+    /// the array and for data no member in service can supply.
     ///
     /// A writable degraded raid4/5/6 array reads row by row under the rows'
     /// stripe locks (see [`StripeCache::read_rows`]): rebuilt data is never
@@ -158,6 +399,7 @@ impl Array {
             slots: &self.slots,
             pool: &writer.pool,
             resync_from: self.sb.resync_offset,
+            health: &self.health,
         }
     }
 
@@ -176,12 +418,16 @@ impl Array {
     ///
     /// Refused, with nothing written: a read-only array (`EROFS`), a range
     /// past the end of the array (`EFBIG`), more members missing than the
-    /// level tolerates, and a piece with no present copy. Copies on
-    /// missing slots are skipped (a degraded mirror takes writes; a
-    /// degraded parity row keeps its parity right for the members
-    /// present). A member write that fails fails the whole write; the
-    /// other members may already hold the new data (until members can be
-    /// marked faulty, the caller must treat the range as undefined).
+    /// level tolerates, and a piece with no member in service. Copies on
+    /// missing or faulty slots are skipped (a degraded mirror takes writes;
+    /// a degraded parity row keeps its parity right for the members in
+    /// service).
+    ///
+    /// A member write that fails with an I/O error fails the member (see
+    /// the module doc) and the write goes on without it; it returns only
+    /// once no member is blocked, i.e. after the manager recorded the
+    /// failure. If the array cannot lose the member, the write fails `EIO`
+    /// and the range is undefined.
     pub fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         if !self.writable() {
             return Err(io::Error::from_raw_os_error(libc::EROFS));
@@ -192,16 +438,28 @@ impl Array {
         if data.is_empty() {
             return Ok(());
         }
+        self.check_readable()?;
+        let writer = self.writer();
+        let r = self.write_members(writer, offset, data);
+        // Nothing is acknowledged while a failure is not yet recorded.
+        let waited = self.health.wait_unblocked();
+        r.and(waited)
+    }
+
+    fn check_readable(&self) -> io::Result<()> {
         let present: Vec<bool> = (0..self.slots.0.len()).map(|s| self.slots.is_present(s)).collect();
         if !self.personality.readable_with(&present) {
             return Err(crate::personality::unrecoverable(&format!(
-                "{} of {} members are missing, more than {} tolerates",
+                "{} of {} members are missing or failed, more than {} tolerates",
                 present.iter().filter(|p| !**p).count(),
                 present.len(),
                 self.personality.geometry().level
             )));
         }
-        let writer = self.writer();
+        Ok(())
+    }
+
+    fn write_members(&self, writer: &Writer, offset: u64, data: &[u8]) -> io::Result<()> {
         if let Some(stripes) = &writer.stripes {
             return stripes.write(&self.ctx(writer), offset, data);
         }
@@ -213,7 +471,7 @@ impl Array {
         for group in starts.chunk_by(|a, b| a.0 == b.0) {
             if !group.iter().any(|&(_, present)| present) {
                 return Err(crate::personality::unrecoverable(&format!(
-                    "no present member holds array byte {}",
+                    "no member in service holds array byte {}",
                     offset + group[0].0 as u64
                 )));
             }
@@ -228,19 +486,27 @@ impl Array {
             })
             .collect();
         jobs.sort_unstable_by_key(|j| (j.slot, j.offset));
-        writer.pool.write_all(&self.slots, &jobs)
+        writer.pool.write_all(&self.slots, &jobs, &|slot, e| self.health.absorb(slot, e))
     }
 
-    /// Makes every completed write durable on every present member;
-    /// flushes them all and reports the first error.
+    /// Makes every completed write durable on every member in service; a
+    /// member whose flush fails is failed like one whose write failed
+    /// (and, as for writes, the call returns once that is recorded).
     pub fn flush(&self) -> io::Result<()> {
         let mut first = None;
-        for m in self.slots.0.iter().flatten() {
+        for (slot, m) in self.slots.0.iter().enumerate() {
+            let Some(m) = m else { continue };
+            if m.flags() & flags::FAULTY != 0 {
+                continue;
+            }
             if let Err(e) = m.dev.flush() {
-                first.get_or_insert(e);
+                if !self.health.absorb(slot, &e) {
+                    first.get_or_insert(e);
+                }
             }
         }
-        first.map_or(Ok(()), Err)
+        let waited = self.health.wait_unblocked();
+        first.map_or(waited, Err)
     }
 
     /// A good size for large sequential reads.

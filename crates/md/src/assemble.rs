@@ -336,12 +336,7 @@ fn assemble_access(
         slots
             .into_iter()
             .map(|s| {
-                s.map(|c| SlotMember {
-                    data_start: c.found.sb.data_offset * 512,
-                    data_bytes: c.found.sb.data_size * 512,
-                    dev: c.dev,
-                    sb: c.found.sb,
-                })
+                s.map(|c| SlotMember::new(c.dev, c.found.sb))
             })
             .collect(),
     );

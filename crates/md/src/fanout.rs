@@ -4,7 +4,8 @@
 //! ## Responsibility boundary
 //! [`WritePool::write_all`] takes a batch of [`WriteJob`]s (slot, member
 //! offset, bytes) and returns once every job has completed, with the first
-//! error if any failed. It does not order jobs (md gives none among the
+//! error its failure callback did not absorb (a member write error fails
+//! the member, see [`crate::array`]). It does not order jobs (md gives none among the
 //! member writes of one request) and knows nothing of levels or parity.
 //!
 //! ## Synchronization model
@@ -58,9 +59,14 @@ pub struct WriteJob<'a> {
     pub data: &'a [u8],
 }
 
+/// What a failed member write does: `true` if the failure was absorbed
+/// (the member was failed, md's `md_error`), `false` if it fails the batch.
+pub type FailFn<'a> = &'a (dyn Fn(usize, &io::Error) -> bool + Sync);
+
 /// A batch on its caller's stack.
 struct Batch<'a> {
     slots: &'a Slots,
+    fail: FailFn<'a>,
     jobs: &'a [WriteJob<'a>],
     /// Next job to claim.
     next: AtomicUsize,
@@ -93,7 +99,9 @@ impl Batch<'_> {
                     catch_unwind(AssertUnwindSafe(|| self.slots.write_at(job.slot, job.offset, job.data)))
                         .unwrap_or_else(|_| Err(io::Error::other("member write panicked")));
                 if let Err(e) = r {
-                    lock(&self.err).get_or_insert(e);
+                    if !(self.fail)(job.slot, &e) {
+                        lock(&self.err).get_or_insert(e);
+                    }
                 }
             }
         }
@@ -179,15 +187,17 @@ impl WritePool {
     }
 
     /// Runs every job; returns when all have completed, with the first
-    /// error. A single job, or a pool without workers, runs on the caller.
+    /// error that `fail` did not absorb (`fail` is called on the thread
+    /// that ran the failed job). A single job, or a pool without workers, runs on the caller.
     /// Jobs for one slot should be adjacent (sorted by slot): a thread
     /// claims a slot's adjacent jobs together.
     ///
     /// Called under: nothing that the jobs' member writes could need (the
     /// stripe lock of the stripe being written is fine).
-    pub fn write_all(&self, slots: &Slots, jobs: &[WriteJob<'_>]) -> io::Result<()> {
+    pub fn write_all(&self, slots: &Slots, jobs: &[WriteJob<'_>], fail: FailFn<'_>) -> io::Result<()> {
         let batch = Batch {
             slots,
+            fail,
             jobs,
             next: AtomicUsize::new(0),
             users: AtomicUsize::new(0),

@@ -353,6 +353,46 @@ impl StateMachine {
         self.cv.notify_all();
     }
 
+    /// md's `md_error` on a member of this array: "change pending" is set
+    /// (a running read-write array shows `write-pending` until the manager
+    /// has recorded the failure and stored `active`), and pollers are told.
+    pub fn member_failed(&self) {
+        let mut g = self.lock();
+        if g.run == Run::Running {
+            g.change_pending = true;
+        }
+        // Notify even if the word did not change: the manager must look.
+        self.fire();
+        self.cv.notify_all();
+    }
+
+    /// Wakes waiters of [`wait_while`](Self::wait_while) after the
+    /// condition they test changed (callers change it first).
+    pub fn poke(&self) {
+        let _g = self.lock();
+        self.cv.notify_all();
+    }
+
+    /// md's `md_wait_for_blocked_rdev`: blocks while `blocked()` holds and
+    /// the array runs and is not broken; `ENODEV` if it stopped meanwhile,
+    /// `EIO` if it broke. Whoever makes `blocked()` false calls
+    /// [`poke`](Self::poke) afterwards.
+    pub fn wait_while(&self, blocked: impl Fn() -> bool) -> Result<(), Errno> {
+        let mut g = self.lock();
+        loop {
+            if g.run != Run::Running {
+                return Err(libc::ENODEV);
+            }
+            if g.broken {
+                return Err(libc::EIO);
+            }
+            if !blocked() {
+                return Ok(());
+            }
+            g = self.cv.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
     /// Marks the array broken (md's `MD_BROKEN`): shows `broken`, blocked
     /// and later writers fail `EIO`.
     pub fn set_broken(&self) {

@@ -54,7 +54,7 @@ use std::sync::{Arc, Mutex};
 
 use pagecache::{AddressSpace, Backing, BlockOps, CacheConfig, Errno, LockedFolio, PageCache};
 
-use crate::array::Slots;
+use crate::array::{Health, Slots};
 use crate::fanout::{WriteJob, WritePool};
 use crate::personality::{gf, MemberRead, ParityShape, Personality, StripeMap};
 
@@ -192,6 +192,8 @@ pub struct Ctx<'a> {
     /// reconstruct-write, which makes their parity right (md forces rcw
     /// past `recovery_cp` the same way). `u64::MAX` when clean.
     pub resync_from: u64,
+    /// Member failures: a member write error fails the member.
+    pub health: &'a Health,
 }
 
 /// One data chunk's part of a write, inside one row.
@@ -712,7 +714,7 @@ fn gen_parity(shape: &ParityShape, map: &StripeMap, srcs: &[&[u8]], p: &mut [u8]
 fn submit(ctx: &Ctx<'_>, jobs: &mut Vec<WriteJob<'_>>) -> io::Result<()> {
     jobs.retain(|j| ctx.slots.is_present(j.slot));
     jobs.sort_unstable_by_key(|j| (j.slot, j.offset));
-    ctx.pool.write_all(ctx.slots, jobs)
+    ctx.pool.write_all(ctx.slots, jobs, &|slot, e| ctx.health.absorb(slot, e))
 }
 
 /// Capacity for a row's job list.

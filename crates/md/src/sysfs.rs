@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use kernfs::{Attr, AttrOps, Errno, Kernfs, NodeRef, ShowBuf};
 
-use crate::array::Array;
+use crate::array::{flags, Array, ArrayEvents, Health, Slots};
 use crate::personality::Level;
 use crate::state::{StateMachine, TimerHandle};
 
@@ -140,7 +140,7 @@ pub struct MdSysfs {
     /// Per slot: the `md/dev-NAME` directory and its `state` attribute.
     /// Locked only by management operations (publish, member removal),
     /// never by `show`/`store`.
-    members: Mutex<Vec<Option<(NodeRef, NodeRef)>>>,
+    members: Arc<Members>,
     /// The shared state.
     pub state: Arc<MdState>,
     /// The safe-mode timer of a writable array; stopped and joined on drop.
@@ -182,21 +182,140 @@ impl MdSysfs {
     /// Must not be called from a `store` of an attribute inside that
     /// member's directory (removal waits for in-flight operations).
     pub fn remove_member(&self, slot: usize) -> Result<(), Errno> {
-        let taken = {
-            let mut m = self.members.lock().map_err(|_| libc::EIO)?;
-            m.get_mut(slot).and_then(Option::take)
-        };
-        let Some((dir, _state)) = taken else { return Err(libc::ENOENT) };
-        if let Some(link) = self.fs.lookup(&self.md_dir, &format!("rd{slot}")) {
-            self.fs.remove(&link);
-        }
-        self.fs.remove(&dir);
-        Ok(())
+        remove_member_dir(&self.fs, &self.md_dir, &self.members, slot)
     }
 
     /// The `dev-NAME/state` attribute of `slot`, if that member is present.
     pub fn member_state(&self, slot: usize) -> Option<NodeRef> {
         self.members.lock().ok()?.get(slot)?.as_ref().map(|(_, st)| st.clone())
+    }
+}
+
+/// Per slot: the `md/dev-NAME` directory and its `state` attribute.
+type Members = Mutex<Vec<Option<(NodeRef, NodeRef)>>>;
+
+/// Removes `slot`'s `dev-NAME` directory and `rdN` link.
+fn remove_member_dir(fs: &Arc<Kernfs>, md_dir: &NodeRef, members: &Members, slot: usize) -> Result<(), Errno> {
+    let taken = {
+        let mut m = members.lock().map_err(|_| libc::EIO)?;
+        m.get_mut(slot).and_then(Option::take)
+    };
+    let Some((dir, _state)) = taken else { return Err(libc::ENOENT) };
+    if let Some(link) = fs.lookup(md_dir, &format!("rd{slot}")) {
+        fs.remove(&link);
+    }
+    fs.remove(&dir);
+    Ok(())
+}
+
+/// md's reactions to member events, seen from the attribute tree: "change
+/// pending" on the state machine, notifications of the member's `state`
+/// and of `degraded`, the deferred removal of a removed member's
+/// directory, the wait for `-blocked`.
+struct TreeEvents {
+    fs: Arc<Kernfs>,
+    md_dir: NodeRef,
+    machine: Arc<StateMachine>,
+    members: Arc<Members>,
+    degraded: Option<NodeRef>,
+}
+
+impl TreeEvents {
+    fn notify_member(&self, slot: usize) {
+        let node = self.members.lock().ok().and_then(|m| m.get(slot)?.as_ref().map(|(_, st)| st.clone()));
+        if let Some(n) = node {
+            n.notify();
+        }
+    }
+}
+
+impl ArrayEvents for TreeEvents {
+    fn member_failed(&self, slot: usize) {
+        self.machine.member_failed();
+        self.notify_member(slot);
+        if let Some(d) = &self.degraded {
+            d.notify();
+        }
+    }
+
+    fn blocked_changed(&self, slot: usize) {
+        self.machine.poke();
+        self.notify_member(slot);
+    }
+
+    fn member_removed(&self, slot: usize) {
+        // md removes the member's kobject from a work queue: the store
+        // that asked is still running inside that directory, and removal
+        // waits for it.
+        let (fs, md_dir, members) = (self.fs.clone(), self.md_dir.clone(), self.members.clone());
+        let spawned = std::thread::Builder::new()
+            .name("umd-md-remove".into())
+            .spawn(move || {
+                let _ = remove_member_dir(&fs, &md_dir, &members, slot);
+            });
+        if spawned.is_err() {
+            // No thread: the directory stays (its `state` reads the flags,
+            // which say removed); nothing else depends on it.
+        }
+        if let Some(d) = &self.degraded {
+            d.notify();
+        }
+    }
+
+    fn broken(&self) {
+        self.machine.set_broken();
+    }
+
+    fn wait_unblocked(&self, slots: &Slots) -> std::io::Result<()> {
+        self.machine.wait_while(|| slots.blocked() > 0).map_err(std::io::Error::from_raw_os_error)
+    }
+}
+
+/// md's `state_show` for a member: its flags, comma-separated, in md's
+/// order.
+fn show_dev_state(out: &mut ShowBuf, f: u32) -> Result<(), Errno> {
+    let mut words: [&str; 4] = [""; 4];
+    let mut n = 0;
+    let mut push = |w: &'static str| {
+        words[n] = w;
+        n += 1;
+    };
+    if f & flags::FAULTY != 0 {
+        push("faulty");
+    } else {
+        push("in_sync");
+    }
+    if f & flags::BLOCKED != 0 {
+        push("blocked");
+    }
+    if f & flags::WRITE_ERROR != 0 {
+        push("write_error");
+    }
+    for (i, w) in words[..n].iter().enumerate() {
+        out.write_str(if i == 0 { "" } else { "," }).map_err(fmt_err)?;
+        out.write_str(w).map_err(fmt_err)?;
+    }
+    out.write_str("\n").map_err(fmt_err)
+}
+
+/// md's `state_store` for a member.
+fn store_dev_state(health: &Health, slot: usize, data: &[u8]) -> Result<usize, Errno> {
+    let w = word(data);
+    match w {
+        // md_error; md answers EBUSY when the member could not be failed.
+        b"faulty" => {
+            if health.fail(slot, false) {
+                Ok(data.len())
+            } else {
+                Err(libc::EBUSY)
+            }
+        }
+        b"-blocked" => health.set_blocked(slot, false).map(|()| data.len()),
+        b"blocked" => health.set_blocked(slot, true).map(|()| data.len()),
+        b"remove" => health.remove(slot).map(|()| data.len()),
+        // Spares, re-add and the other flags arrive with recovery.
+        _ if DEV_STATE_WORDS.iter().any(|k| k.as_bytes() == w) => Err(libc::EBUSY),
+        _ => Err(libc::EINVAL),
     }
 }
 
@@ -552,6 +671,7 @@ pub fn publish(fs: &Arc<Kernfs>, parent: &NodeRef, array: &Array, readonly: bool
 
     // md_redundancy_group: only for personalities with sync_request.
     let mut sync_action = None;
+    let mut degraded = None;
     if geom.level != Level::Raid0 {
         let st = state.clone();
         let st2 = state.clone();
@@ -589,7 +709,22 @@ pub fn publish(fs: &Arc<Kernfs>, parent: &NodeRef, array: &Array, readonly: bool
         sync_action = Some(node);
         ro_value(fs, &md, "sync_completed", "none".into())?;
         ro_value(fs, &md, "mismatch_cnt", "0".into())?;
-        ro_value(fs, &md, "degraded", array.missing().to_string())?;
+        let h = array.health().clone();
+        degraded = Some(fs.create_attr(
+            &md,
+            "degraded",
+            RO,
+            Attr {
+                ops: Arc::new(FnAttr {
+                    show: move |out: &mut ShowBuf| line(out, format_args!("{}", h.slots().missing())),
+                    store: no_store,
+                }),
+                prealloc: false,
+                atomic_write_len: kernfs::PAGE_SIZE,
+                seq: false,
+                notify: true,
+            },
+        )?);
     }
 
     // Members.
@@ -604,23 +739,14 @@ pub fn publish(fs: &Arc<Kernfs>, parent: &NodeRef, array: &Array, readonly: bool
         }
         let dirname = format!("dev-{name}");
         let dir = fs.create_dir(&md, &dirname, 0o755)?;
-        let dev_state_store = |data: &[u8]| -> Result<usize, Errno> {
-            let w = word(data);
-            if DEV_STATE_WORDS.iter().any(|k| k.as_bytes() == w) {
-                // Member state changes (failure, removal, re-add) arrive
-                // with the failure protocol; the array is read-only.
-                Err(libc::EBUSY)
-            } else {
-                Err(libc::EINVAL)
-            }
-        };
+        let (h, h2) = (array.health().clone(), array.health().clone());
         let st_node = fs.create_attr(
             &dir,
             "state",
             RW,
             pre(Arc::new(FnAttr {
-                show: |out: &mut ShowBuf| line(out, format_args!("in_sync")),
-                store: dev_state_store,
+                show: move |out: &mut ShowBuf| show_dev_state(out, h.flags(slot).unwrap_or(0)),
+                store: move |data: &[u8]| store_dev_state(&h2, slot, data),
             })),
         )?;
         let slot_store = |data: &[u8]| -> Result<usize, Errno> {
@@ -710,13 +836,26 @@ pub fn publish(fs: &Arc<Kernfs>, parent: &NodeRef, array: &Array, readonly: bool
     }
     let timer =
         if readonly { None } else { Some(StateMachine::start_timer(&machine).map_err(|_| libc::EAGAIN)?) };
+    let members = Arc::new(Mutex::new(members));
+    // Failures block writes until the manager has recorded them; a
+    // read-only array has no manager and no writes.
+    array.health().set_events(
+        Arc::new(TreeEvents {
+            fs: fs.clone(),
+            md_dir: md.clone(),
+            machine: machine.clone(),
+            members: members.clone(),
+            degraded,
+        }),
+        !readonly,
+    );
     fs.activate(&md);
     Ok(MdSysfs {
         fs: fs.clone(),
         md_dir: md,
         array_state,
         sync_action,
-        members: Mutex::new(members),
+        members,
         state,
         _timer: timer,
     })
