@@ -2,43 +2,57 @@
 //!
 //! ## Responsibility boundary
 //! `mon` keeps the v1.x superblocks of a running umd array (metadata
-//! `external:1.x`) in step with md's `array_state`, the way mdmon does for
-//! external metadata: on `write-pending` it marks every member's superblock
-//! dirty (`resync_offset` 0, `events` + 1), writes them with `O_DIRECT`
-//! through `blockio` and flushes, and only then stores `active`; on
-//! `active-idle` it stores `clean` and then marks the superblocks clean
-//! (`resync_offset` from `md/resync_start`, `events` + 1); when the array
-//! stops (`inactive`/`clear`) it leaves them clean. It reaches the running
-//! array **only** through the attribute files under `DIR/md/` and the
-//! members' superblock areas: it never reads or writes array data, and the
-//! serving process never writes a superblock. Member failures (`faulty`,
-//! `blocked`) are issue 8's, built on this loop.
+//! `external:1.x`) in step with md's `array_state` and its members'
+//! `state`, the way mdmon does for external metadata: on `write-pending`
+//! it marks every member's superblock dirty (`resync_offset` 0, `events` + 1),
+//! writes them with `O_DIRECT` through `blockio` and flushes, and
+//! only then stores `active`; on `active-idle` it stores `clean` and then
+//! marks the superblocks clean (`resync_offset` from `md/resync_start`,
+//! `events` + 1); when the array stops (`inactive`/`clear`) it leaves them
+//! clean. When a member turns `faulty` (md's `md_error`: a failed write,
+//! `umd fail`) it records the failure — the member's role becomes faulty
+//! (`0xfffe`) in the superblocks of the members in service, `events` + 1 —
+//! before it stores `active` or `-blocked`, so no write that needed the
+//! member is acknowledged before the metadata says so; the manager then
+//! removes the member (`remove`). A member whose superblock cannot be
+//! written is failed the same way (stored `faulty`). It reaches the
+//! running array **only** through the attribute files under `DIR/md/` and
+//! the members' superblock areas: it never reads or writes array data, and
+//! the serving process never writes a superblock.
 //!
 //! ## Threads
 //! * the **monitor** ([`Monitor::run`]): polls (`POLLPRI`) `md/array_state`,
-//!   `md/sync_action`, `md/sync_completed` and every `md/dev-*/state`,
-//!   re-reads `array_state` from offset 0 after every wake-up and acts. It
-//!   never opens a file, never allocates, and blocks only in `poll`, in its
-//!   own superblock I/O and in its attribute reads/stores. A failed
-//!   superblock write is never acknowledged: the array stays blocked, the
-//!   monitor logs and retries.
-//! * the **manager** ([`run`]'s control socket thread): everything that
-//!   may allocate — answering `umd mon --status`. (Adding members and
-//!   replacing structures, issue 8, will hand prepared updates to the
-//!   monitor through preallocated slots.)
+//!   `md/sync_action`, `md/sync_completed`, every `md/dev-*/state`, and its
+//!   mailbox wake-up; on every wake-up applies the manager's updates and
+//!   re-reads `array_state` and every member's `state` from offset 0, then
+//!   acts (mdmon's `read_and_act`). It never opens a file, never
+//!   allocates or frees, and blocks only in `poll`, in its own superblock
+//!   I/O and in its attribute reads/stores. A failed superblock write is
+//!   never acknowledged: the array stays blocked, the monitor logs and
+//!   retries.
+//! * the **manager** ([`run`]'s second thread): everything that may
+//!   allocate or open — the control socket (`umd mon --status`), removing
+//!   failed members through a newly opened `state` (`remove`), preparing
+//!   updates for the monitor and freeing what the monitor hands back.
 //!
 //! ## Synchronization model
-//! The two threads share only [`Stats`] (atomics). No lock.
+//! The threads share [`Shared`]: statistics (atomics), the `removable`
+//! slot mask (atomic), and the [`mailbox`]: two bounded SPSC rings of
+//! preallocated slots carrying boxed [`Update`]s (manager → monitor:
+//! `Retire`; monitor → manager: the `MemberEntry` it let go of), each side
+//! woken through an `eventfd`. No lock. The monitor owns every
+//! [`MemberEntry`] it manages; one changes hands only through the rings.
 //!
 //! ## Allocation
 //! Everything the monitor will use is made before its loop: the attribute
-//! descriptors, the pollfd table, the members (opened `O_DIRECT` where the
-//! filesystem does direct I/O) with their persistent I/O descriptors, one
-//! page-aligned pool buffer per member holding its superblock block, the
-//! engine queue. Then `mlockall(MCL_CURRENT|MCL_FUTURE)` and
-//! `PR_SET_IO_FLUSHER`. The loop ([`Monitor::run`]) is allocation-free;
-//! [`Hooks`] lets the binary put the monitor thread under an allocation
-//! guard and read its count.
+//! descriptors, the pollfd table (a slot per array slot), the members
+//! (opened `O_DIRECT` where the filesystem does direct I/O), each with its
+//! engine queue, its persistent I/O descriptor and a page-aligned pool
+//! buffer holding its superblock block. Then `mlockall(MCL_CURRENT|
+//! MCL_FUTURE)` and `PR_SET_IO_FLUSHER`. The loop ([`Monitor::run`]) is
+//! allocation-free, updates included (boxes move, they are neither made
+//! nor freed there); [`Hooks`] lets the binary put the monitor thread under
+//! an allocation guard and read its count.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -53,8 +67,11 @@ use std::sync::Arc;
 use blockio::{
     Access, BufPool, Direct, Engine, EngineKind, IoBuf, Member, MemberOptions, Op, PoolConfig, Queue,
 };
-use md::superblock::{self, MAX_SB_SIZE};
+use md::superblock::{self, Found, MAX_SB_SIZE};
 use md::sysfs::ArrayState;
+
+pub mod mailbox;
+use mailbox::{Ring, Wake};
 
 /// What the binary provides around the monitor thread.
 #[derive(Clone, Copy)]
@@ -126,6 +143,10 @@ pub struct Stats {
     pub dirty: AtomicU8,
     /// The last `array_state` read (0: not an md word, else its number + 1).
     pub state: AtomicU8,
+    /// Member failures recorded in the survivors' superblocks.
+    pub failures: AtomicU64,
+    /// Failed members removed from the array and let go of.
+    pub removed: AtomicU64,
 }
 
 /// Writes one log line to stderr without allocating (truncated at 512
@@ -152,6 +173,22 @@ pub fn patch_superblock(block: &mut [u8], max_dev: u32, events: u64, resync_offs
     block[216..220].copy_from_slice(&csum.to_le_bytes());
 }
 
+/// md's role of a failed member in `dev_roles` (`MD_DISK_ROLE_FAULTY`).
+pub const ROLE_FAULTY: u16 = 0xfffe;
+
+/// Sets member `dev_number`'s entry of the `dev_roles` table in a v1.x
+/// superblock block (the checksum is [`patch_superblock`]'s). Entries past
+/// `max_dev` are not touched. Allocation-free.
+pub fn set_role(block: &mut [u8], max_dev: u32, dev_number: u32, role: u16) {
+    if dev_number >= max_dev {
+        return;
+    }
+    let at = 256 + 2 * dev_number as usize;
+    if let Some(b) = block.get_mut(at..at + 2) {
+        b.copy_from_slice(&role.to_le_bytes());
+    }
+}
+
 /// One member's superblock, as the monitor rewrites it.
 struct SbMember {
     /// Byte offset of the superblock block on the member.
@@ -159,33 +196,178 @@ struct SbMember {
     /// Bytes written: the superblock rounded up to the member's direct-I/O
     /// block.
     len: usize,
-    /// `max_dev` (checksum length).
+    /// `max_dev` (checksum length, size of `dev_roles`).
     max_dev: u32,
     /// The member's pool buffer holding its superblock block (taken while
     /// an I/O owns it).
     buf: Option<IoBuf>,
 }
 
+/// One member as the monitor manages it: made by the manager (at start,
+/// and for members that arrive later), handed to the monitor, handed back
+/// to the manager to be closed and freed.
+pub struct MemberEntry {
+    slot: usize,
+    /// Index of the member in `dev_roles`.
+    dev_number: u32,
+    /// `md/dev-NAME` (the manager opens its `state` anew to remove it).
+    dir_name: String,
+    /// The member's file (messages).
+    path: PathBuf,
+    /// `md/dev-NAME/state`, read-write (the monitor stores `-blocked`).
+    state: File,
+    sb: SbMember,
+    queue: Queue,
+    _engine: Engine,
+    /// Seen `faulty`: its role is faulty in every other member's buffer.
+    failed: bool,
+    /// The failure is in the survivors' superblocks on disk.
+    recorded: bool,
+    /// Its `state` showed `blocked` at the last read.
+    blocked: bool,
+}
+
+impl MemberEntry {
+    /// Opens the member at `path` (slot `slot`, directory `dir_name`)
+    /// O_DIRECT where possible, loads its superblock into a pool buffer of
+    /// its own, opens its `state` read-write. May allocate: manager side.
+    fn open(md: &Path, dir_name: &str, slot: usize, path: &Path) -> Result<(MemberEntry, Found), MonError> {
+        let state = open_attr(&md.join(dir_name).join("state"), true)?;
+        let m = Member::open_with(
+            path,
+            &MemberOptions { access: Access::ReadWrite, direct: Direct::Auto, faults: None },
+        )
+        .map_err(|e| MonError(format!("{}: {e}", path.display())))?;
+        // Read through the page cache (any alignment), written later with
+        // direct I/O through `m`.
+        let reader = Member::open_with(
+            path,
+            &MemberOptions { access: Access::ReadOnly, direct: Direct::Never, faults: None },
+        )
+        .map_err(|e| MonError(format!("{}: {e}", path.display())))?;
+        let f = superblock::load(&reader, None, true)
+            .map_err(|e| MonError(format!("{}: superblock: {e}", path.display())))?;
+        let align = m.alignment().offset.max(512) as usize;
+        let len = f.sb.sb_bytes().div_ceil(align) * align;
+        let offset = f.sb.super_offset * 512;
+        if len > MAX_SB_SIZE || offset % align as u64 != 0 {
+            return err(format!(
+                "{}: superblock at byte {offset} ({len} bytes) cannot be written with direct I/O blocks of {align}",
+                path.display()
+            ));
+        }
+        let pool = BufPool::new(PoolConfig { count: 1, size: MAX_SB_SIZE, huge_pages: false })
+            .map_err(|e| MonError(format!("buffer pool: {e}")))?;
+        let mut buf = pool.take().ok_or_else(|| MonError("buffer pool exhausted".into()))?;
+        buf[..MAX_SB_SIZE].copy_from_slice(&f.raw[..MAX_SB_SIZE]);
+        let engine =
+            Engine::new(EngineKind::Sync, vec![m], pool).map_err(|e| MonError(format!("engine: {e}")))?;
+        let queue = engine.queue(1).map_err(|e| MonError(format!("engine queue: {e}")))?;
+        let entry = MemberEntry {
+            slot,
+            dev_number: f.sb.dev_number,
+            dir_name: dir_name.to_string(),
+            path: path.to_path_buf(),
+            state,
+            sb: SbMember { offset, len, max_dev: f.sb.max_dev, buf: Some(buf) },
+            queue,
+            _engine: engine,
+            failed: false,
+            recorded: false,
+            blocked: false,
+        };
+        Ok((entry, f))
+    }
+
+    /// Writes this member's superblock block as it is in its buffer
+    /// (patched by the caller), then flushes it. Allocation-free.
+    fn write_sb(&mut self) -> Result<(), i32> {
+        let Some(buf) = self.sb.buf.take() else { return Err(libc::EIO) };
+        match self.queue.run(Op::write(0, self.sb.offset, buf, self.sb.len)) {
+            Ok(c) => {
+                self.sb.buf = Some(c.op.buf);
+                c.result?;
+            }
+            Err(op) => {
+                self.sb.buf = Some(op.buf);
+                return Err(libc::EAGAIN);
+            }
+        }
+        self.queue.flush(0)
+    }
+}
+
+/// What travels through the mailbox (see [`mailbox`]).
+pub enum Update {
+    /// Manager → monitor: stop managing `slot` (the member was removed
+    /// from the array). Comes back as `Retired` (or `Unapplied`).
+    Retire {
+        /// The slot.
+        slot: usize,
+    },
+    /// Monitor → manager: a member the monitor let go of, to be closed
+    /// and freed on the manager thread.
+    Retired(Box<MemberEntry>),
+    /// Monitor → manager: an update that named no member the monitor has.
+    Unapplied,
+}
+
+/// What the manager and the monitor share: the statistics, the mailbox
+/// and the wake-up signals.
+pub struct Shared {
+    /// What the monitor has done.
+    pub stats: Stats,
+    to_monitor: Ring<Update>,
+    to_manager: Ring<Update>,
+    monitor_wake: Wake,
+    manager_wake: Wake,
+    /// Slots whose failure is recorded and unblocked: the manager removes
+    /// them from the array (bit per slot).
+    removable: AtomicU64,
+}
+
+impl Shared {
+    fn new() -> Result<Shared, MonError> {
+        let wake = || Wake::new().map_err(|e| MonError(format!("eventfd: {e}")));
+        Ok(Shared {
+            stats: Stats::default(),
+            to_monitor: Ring::default(),
+            to_manager: Ring::default(),
+            monitor_wake: wake()?,
+            manager_wake: wake()?,
+            removable: AtomicU64::new(0),
+        })
+    }
+}
+
+/// Index of `array_state` in the pollfd table.
+const PFD_ARRAY_STATE: usize = 0;
+/// Index of the monitor's mailbox wake-up.
+const PFD_WAKE: usize = 1;
+/// Most slots an array may have for the monitor (a bit each in
+/// [`Shared::removable`]).
+pub const MAX_SLOTS: usize = 64;
+
 /// The monitor: everything it needs, made before its loop.
 pub struct Monitor {
     dir: PathBuf,
     array_state: File,
     resync_start: File,
-    /// `array_state` first, then the other watched attributes.
+    /// `sync_action`, `sync_completed` where the level has them.
+    sync_attrs: Vec<File>,
+    /// `array_state`, the wake-up, the sync attributes, then one per slot
+    /// (the member's `state`, fd -1 when the slot has no member managed).
     pollfds: Vec<libc::pollfd>,
-    /// The other watched attributes (`pollfds[1..]`, same order).
-    watched: Vec<File>,
+    /// By slot: the members managed.
+    members: Vec<Option<Box<MemberEntry>>>,
     /// `dir` as a C string, made at start (the loop checks that the mount
     /// is still there without allocating).
     dir_c: std::ffi::CString,
     /// The device of the mount (`st_dev` of `array_state`).
     mount_dev: u64,
-    members: Vec<SbMember>,
-    queue: Queue,
-    _engine: Engine,
     events: u64,
     dirty: bool,
-    stats: Arc<Stats>,
+    shared: Arc<Shared>,
 }
 
 fn open_attr(path: &Path, write: bool) -> Result<File, MonError> {
@@ -207,10 +389,38 @@ fn read_attr(f: &File, buf: &mut [u8]) -> io::Result<usize> {
     f.read_at(buf, 0)
 }
 
+/// Stores `word` into an attribute. Allocation-free.
+fn store_attr(f: &File, word: &[u8]) -> Result<(), i32> {
+    match f.write_at(word, 0) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.raw_os_error().unwrap_or(libc::EIO)),
+    }
+}
+
+/// md's member flags the monitor acts on, from a `dev-*/state` text
+/// (comma-separated words). Allocation-free.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct DevState {
+    faulty: bool,
+    blocked: bool,
+}
+
+fn parse_dev_state(text: &[u8]) -> DevState {
+    let text = text.strip_suffix(b"\n").unwrap_or(text);
+    let mut s = DevState::default();
+    for w in text.split(|&b| b == b',') {
+        match w {
+            b"faulty" => s.faulty = true,
+            b"blocked" => s.blocked = true,
+            _ => {}
+        }
+    }
+    s
+}
+
 impl Monitor {
-    /// Opens everything for the array mounted at `dir` (see the crate doc);
-    /// `stats` is shared with the manager.
-    pub fn prepare(dir: &Path, stats: Arc<Stats>) -> Result<Monitor, MonError> {
+    /// Opens everything for the array mounted at `dir` (see the crate doc).
+    pub fn prepare(dir: &Path, shared: Arc<Shared>) -> Result<Monitor, MonError> {
         let md = dir.join("md");
         let version = read_text(&md.join("metadata_version"))?;
         let version = version.trim();
@@ -221,19 +431,26 @@ impl Monitor {
                 dir.display()
             ));
         }
+        let raid_disks: usize = read_text(&md.join("raid_disks"))?
+            .trim()
+            .parse()
+            .map_err(|_| MonError(format!("{}: raid_disks is not a number", md.display())))?;
+        if raid_disks == 0 || raid_disks > MAX_SLOTS {
+            return err(format!("{}: {raid_disks} slots (umd mon manages 1 to {MAX_SLOTS})", md.display()));
+        }
         let array_state = open_attr(&md.join("array_state"), true)?;
         let resync_start = open_attr(&md.join("resync_start"), false)?;
         // Levels without redundancy (raid0) have no sync attributes.
-        let mut watched = Vec::new();
+        let mut sync_attrs = Vec::new();
         for name in ["sync_action", "sync_completed"] {
             let p = md.join(name);
             if p.exists() {
-                watched.push(open_attr(&p, false)?);
+                sync_attrs.push(open_attr(&p, false)?);
             }
         }
         // Members: every dev-* directory with a slot; its `block` link names
         // the member.
-        let mut found: Vec<(u32, PathBuf)> = Vec::new();
+        let mut found: Vec<(usize, String, PathBuf)> = Vec::new();
         let entries = std::fs::read_dir(&md).map_err(|e| MonError(format!("{}: {e}", md.display())))?;
         for e in entries {
             let e = e.map_err(|e| MonError(format!("{}: {e}", md.display())))?;
@@ -244,82 +461,53 @@ impl Monitor {
             }
             let d = e.path();
             let slot = read_text(&d.join("slot"))?;
-            let Ok(slot) = slot.trim().parse::<u32>() else { continue };
+            let Ok(slot) = slot.trim().parse::<usize>() else { continue };
+            if slot >= raid_disks {
+                return err(format!("{}: slot {slot} is not below raid_disks {raid_disks}", d.display()));
+            }
             let block = std::fs::read_link(d.join("block"))
                 .map_err(|e| MonError(format!("{}/block: {e}", d.display())))?;
-            watched.push(open_attr(&d.join("state"), false)?);
-            found.push((slot, block));
+            found.push((slot, name.to_string(), block));
         }
         if found.is_empty() {
             return err(format!("{}: the array has no members in slots", dir.display()));
         }
         found.sort();
-        // Members, O_DIRECT where possible, and their superblocks.
-        let mut opened = Vec::with_capacity(found.len());
-        let mut members = Vec::with_capacity(found.len());
+        let mut members: Vec<Option<Box<MemberEntry>>> = (0..raid_disks).map(|_| None).collect();
         let mut uuid = None;
         let mut events = 0u64;
         let mut dirty = false;
-        for (slot, path) in &found {
-            let m = Member::open_with(
-                path,
-                &MemberOptions { access: Access::ReadWrite, direct: Direct::Auto, faults: None },
-            )
-            .map_err(|e| MonError(format!("{}: {e}", path.display())))?;
-            // Read through the page cache (any alignment), written later
-            // with direct I/O through `m`.
-            let reader = Member::open_with(
-                path,
-                &MemberOptions { access: Access::ReadOnly, direct: Direct::Never, faults: None },
-            )
-            .map_err(|e| MonError(format!("{}: {e}", path.display())))?;
-            let f = superblock::load(&reader, None, true)
-                .map_err(|e| MonError(format!("{}: superblock: {e}", path.display())))?;
+        for (slot, name, path) in &found {
+            let (entry, f) = MemberEntry::open(&md, name, *slot, path)?;
             if *uuid.get_or_insert(f.sb.set_uuid) != f.sb.set_uuid {
                 return err(format!("{}: belongs to another array", path.display()));
             }
-            if f.sb.role() != u16::try_from(*slot).unwrap_or(u16::MAX) {
+            if usize::from(f.sb.role()) != *slot {
                 return err(format!(
                     "{}: superblock role {} differs from slot {slot} shown by the array",
                     path.display(),
                     f.sb.role()
                 ));
             }
-            let align = m.alignment().offset.max(512) as usize;
-            let len = f.sb.sb_bytes().div_ceil(align) * align;
-            let offset = f.sb.super_offset * 512;
-            if len > MAX_SB_SIZE || offset % align as u64 != 0 {
-                return err(format!(
-                    "{}: superblock at byte {offset} ({len} bytes) cannot be written with direct I/O blocks of {align}",
-                    path.display()
-                ));
+            if members[*slot].is_some() {
+                return err(format!("{}: two members in slot {slot}", md.display()));
             }
             events = events.max(f.sb.events);
             dirty |= f.sb.resync_offset != superblock::MAX_SECTOR;
-            members.push((offset, len, f.sb.max_dev, f.raw));
-            opened.push(m);
+            members[*slot] = Some(Box::new(entry));
         }
-        let pool = BufPool::new(PoolConfig { count: opened.len(), size: MAX_SB_SIZE, huge_pages: false })
-            .map_err(|e| MonError(format!("buffer pool: {e}")))?;
-        let mut sbs = Vec::with_capacity(members.len());
-        for (offset, len, max_dev, raw) in members {
-            let mut buf = pool.take().ok_or_else(|| MonError("buffer pool exhausted".into()))?;
-            buf[..MAX_SB_SIZE].copy_from_slice(&raw[..MAX_SB_SIZE]);
-            sbs.push(SbMember { offset, len, max_dev, buf: Some(buf) });
+        let mut pollfds = Vec::with_capacity(2 + sync_attrs.len() + raid_disks);
+        let pfd = |fd: i32, events: i16| libc::pollfd { fd, events, revents: 0 };
+        pollfds.push(pfd(array_state.as_raw_fd(), libc::POLLPRI | libc::POLLERR));
+        pollfds.push(pfd(shared.monitor_wake.fd(), libc::POLLIN));
+        for f in &sync_attrs {
+            pollfds.push(pfd(f.as_raw_fd(), libc::POLLPRI | libc::POLLERR));
         }
-        let engine =
-            Engine::new(EngineKind::Sync, opened, pool).map_err(|e| MonError(format!("engine: {e}")))?;
-        let queue = engine.queue(1).map_err(|e| MonError(format!("engine queue: {e}")))?;
-        let mut pollfds = Vec::with_capacity(1 + watched.len());
-        for f in std::iter::once(&array_state).chain(watched.iter()) {
-            pollfds.push(libc::pollfd {
-                fd: f.as_raw_fd(),
-                events: libc::POLLPRI | libc::POLLERR,
-                revents: 0,
-            });
+        for m in &members {
+            pollfds.push(pfd(m.as_ref().map_or(-1, |m| m.state.as_raw_fd()), libc::POLLPRI | libc::POLLERR));
         }
-        stats.events.store(events, Ordering::Relaxed);
-        stats.dirty.store(u8::from(dirty), Ordering::Relaxed);
+        shared.stats.events.store(events, Ordering::Relaxed);
+        shared.stats.dirty.store(u8::from(dirty), Ordering::Relaxed);
         let dir_c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
             .map_err(|_| MonError(format!("{}: path contains NUL", dir.display())))?;
         let mount_dev = {
@@ -330,57 +518,70 @@ impl Monitor {
             dir: dir.to_path_buf(),
             array_state,
             resync_start,
+            sync_attrs,
             pollfds,
-            watched,
+            members,
             dir_c,
             mount_dev,
-            members: sbs,
-            queue,
-            _engine: engine,
             events,
             dirty,
-            stats,
+            shared,
         })
     }
 
     /// Number of members whose superblocks it writes.
     pub fn members(&self) -> usize {
-        self.members.len()
+        self.members.iter().flatten().filter(|m| !m.failed).count()
     }
 
-    /// Writes every member's superblock with `events` + 1 and
-    /// `resync_offset`, then flushes every member. Allocation-free. On
-    /// error nothing is acknowledged by the caller.
+    fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    /// The pollfd index of `slot`'s `state`.
+    fn member_pfd(&self, slot: usize) -> usize {
+        2 + self.sync_attrs.len() + slot
+    }
+
+    /// Writes the superblock of every member in service (not failed) with
+    /// `events` + 1 and `resync_offset`, each flushed. Allocation-free. On
+    /// error nothing is acknowledged by the caller; a member whose
+    /// superblock cannot be written is failed through its `state` (md's
+    /// `md_error`: metadata that cannot be kept on it makes it unusable),
+    /// and the next round records that.
     fn write_superblocks(&mut self, resync_offset: u64) -> Result<(), i32> {
         let events = self.events + 1;
         let utime =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let mut result = Ok(());
-        for (i, m) in self.members.iter_mut().enumerate() {
-            let Some(mut buf) = m.buf.take() else {
-                result = Err(libc::EIO);
+        for m in self.members.iter_mut().flatten() {
+            if m.failed {
                 continue;
-            };
-            patch_superblock(&mut buf, m.max_dev, events, resync_offset, utime);
-            match self.queue.run(Op::write(i, m.offset, buf, m.len)) {
-                Ok(c) => {
-                    m.buf = Some(c.op.buf);
-                    if let Err(e) = c.result {
-                        result = Err(e);
-                    } else {
-                        self.stats.sb_writes.fetch_add(1, Ordering::Relaxed);
-                    }
+            }
+            let max_dev = m.sb.max_dev;
+            if let Some(buf) = m.sb.buf.as_mut() {
+                patch_superblock(buf, max_dev, events, resync_offset, utime);
+            }
+            match m.write_sb() {
+                Ok(()) => {
+                    self.shared.stats.sb_writes.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(op) => {
-                    m.buf = Some(op.buf);
-                    result = Err(libc::EAGAIN);
+                Err(e) => {
+                    log(format_args!(
+                        "superblock write to {} failed: errno {e}; failing the member",
+                        m.path.display()
+                    ));
+                    self.shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    if let Err(se) = store_attr(&m.state, b"faulty") {
+                        log(format_args!("{}: storing faulty failed: errno {se}", m.dir_name));
+                    }
+                    result = Err(e);
                 }
             }
         }
         result?;
-        self.queue.flush_all().map_err(|(_, e)| e)?;
         self.events = events;
-        self.stats.events.store(events, Ordering::Relaxed);
+        self.shared.stats.events.store(events, Ordering::Relaxed);
         Ok(())
     }
 
@@ -397,35 +598,156 @@ impl Monitor {
 
     fn set_dirty(&mut self, dirty: bool) {
         self.dirty = dirty;
-        self.stats.dirty.store(u8::from(dirty), Ordering::Relaxed);
+        self.shared.stats.dirty.store(u8::from(dirty), Ordering::Relaxed);
+    }
+
+    /// The `resync_offset` to write while the superblocks stay as dirty or
+    /// clean as they are (`None`: `resync_start` unreadable).
+    fn current_resync(&self) -> Option<u64> {
+        if self.dirty {
+            Some(0)
+        } else {
+            self.resync_point()
+        }
     }
 
     /// Marks the superblocks clean (`resync_offset` = `resync_start`).
     fn mark_clean(&mut self) -> bool {
         let Some(point) = self.resync_point() else {
             log(format_args!("{}: cannot read md/resync_start; superblocks stay dirty", self.dir.display()));
-            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+            self.stats().errors.fetch_add(1, Ordering::Relaxed);
             return false;
         };
         match self.write_superblocks(point) {
             Ok(()) => {
                 self.set_dirty(false);
-                self.stats.cleans.fetch_add(1, Ordering::Relaxed);
+                self.stats().cleans.fetch_add(1, Ordering::Relaxed);
                 true
             }
             Err(e) => {
                 log(format_args!("marking superblocks clean failed: errno {e}; they stay dirty"));
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                self.stats().errors.fetch_add(1, Ordering::Relaxed);
                 false
             }
         }
     }
 
-    fn store(&self, word: &[u8]) -> Result<(), i32> {
-        match self.array_state.write_at(word, 0) {
-            Ok(_) => Ok(()),
-            Err(e) => Err(e.raw_os_error().unwrap_or(libc::EIO)),
+    /// Applies the manager's updates (while the manager's ring has room
+    /// for the box to go back). Allocation-free: boxes only move.
+    fn apply_updates(&mut self) {
+        let mut applied = false;
+        while self.shared.to_manager.has_room() {
+            let Some(mut update) = self.shared.to_monitor.pop() else { break };
+            let back = match *update {
+                Update::Retire { slot } => {
+                    let pfd = self.member_pfd(slot);
+                    match self.members.get_mut(slot).and_then(Option::take) {
+                        Some(entry) => {
+                            self.pollfds[pfd].fd = -1;
+                            Update::Retired(entry)
+                        }
+                        None => Update::Unapplied,
+                    }
+                }
+                // Not sent to the monitor; returned as they are.
+                Update::Retired(_) | Update::Unapplied => Update::Unapplied,
+            };
+            // The old contents (a `Retire`) hold nothing to free.
+            *update = back;
+            // Cannot fail: room was checked and only this thread pushes.
+            if let Err(b) = self.shared.to_manager.push(update) {
+                std::mem::forget(b);
+            }
+            applied = true;
         }
+        if applied {
+            self.shared.manager_wake.signal();
+        }
+    }
+
+    /// Reads every managed member's `state`: a member newly `faulty` gets
+    /// the faulty role in every other member's buffer. Returns whether a
+    /// failure awaits recording. Allocation-free.
+    fn read_members(&mut self, word: &mut [u8]) -> bool {
+        let mut pending = false;
+        for slot in 0..self.members.len() {
+            let pfd = self.member_pfd(slot);
+            let Some(m) = self.members[slot].as_mut() else { continue };
+            if self.pollfds[pfd].fd < 0 {
+                continue;
+            }
+            let st = match read_attr(&m.state, word) {
+                Ok(n) => parse_dev_state(&word[..n]),
+                // Removed from the array: no longer watched (the
+                // manager's `Retire` frees it).
+                Err(_) => {
+                    self.pollfds[pfd].fd = -1;
+                    continue;
+                }
+            };
+            m.blocked = st.blocked;
+            if st.faulty && !m.failed {
+                m.failed = true;
+                log(format_args!(
+                    "{} (slot {slot}) failed: recording it in the superblocks",
+                    m.path.display()
+                ));
+                let dev = m.dev_number;
+                for other in self.members.iter_mut().flatten() {
+                    let max_dev = other.sb.max_dev;
+                    if let Some(buf) = other.sb.buf.as_mut() {
+                        set_role(buf, max_dev, dev, ROLE_FAULTY);
+                    }
+                }
+            }
+            let m = self.members[slot].as_ref();
+            pending |= m.is_some_and(|m| m.failed && !m.recorded);
+        }
+        pending
+    }
+
+    /// After a successful superblock write: every failure seen so far is
+    /// on disk.
+    fn failures_recorded(&mut self) {
+        for m in self.members.iter_mut().flatten() {
+            if m.failed && !m.recorded {
+                m.recorded = true;
+                self.shared.stats.failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Stores `-blocked` for every failed member whose failure is on disk
+    /// and tells the manager to remove it. Returns false if a store
+    /// failed (retry). Allocation-free.
+    fn unblock_recorded(&mut self) -> bool {
+        let mut ok = true;
+        let mut removable = 0u64;
+        for m in self.members.iter_mut().flatten() {
+            if !(m.failed && m.recorded) {
+                continue;
+            }
+            if m.blocked {
+                match store_attr(&m.state, b"-blocked") {
+                    Ok(()) => m.blocked = false,
+                    Err(e) => {
+                        log(format_args!("{}: storing -blocked failed: errno {e}", m.dir_name));
+                        self.shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+                        ok = false;
+                        continue;
+                    }
+                }
+            }
+            removable |= 1 << m.slot;
+        }
+        if removable & !self.shared.removable.fetch_or(removable, Ordering::AcqRel) != 0 {
+            self.shared.manager_wake.signal();
+        }
+        ok
+    }
+
+    fn store(&self, word: &[u8]) -> Result<(), i32> {
+        store_attr(&self.array_state, word)
     }
 
     /// The monitor loop: until the array stops (then the superblocks are
@@ -433,11 +755,19 @@ impl Monitor {
     /// superblocks as they are, dirty if writes may have been in flight).
     /// Allocation-free.
     ///
+    /// Each round, as mdmon's `read_and_act`: apply the manager's updates,
+    /// read `array_state` and every member's `state`; record new failures
+    /// (with the dirty mark a `write-pending` asks for) in one superblock
+    /// write; only then store `active` and `-blocked`; then `clean` as
+    /// `active-idle` asks.
+    ///
     /// Called on the monitor thread, holding nothing.
     pub fn run(&mut self) -> Result<(), MonError> {
         let mut word = [0u8; 64];
         let mut unknown_logged = false;
         loop {
+            self.shared.monitor_wake.clear();
+            self.apply_updates();
             let n = match read_attr(&self.array_state, &mut word) {
                 Ok(n) => n,
                 Err(e) => {
@@ -449,36 +779,65 @@ impl Monitor {
                 }
             };
             let state = parse_state(&word[..n]);
-            self.stats.state.store(encode_state(state), Ordering::Relaxed);
+            self.stats().state.store(encode_state(state), Ordering::Relaxed);
+            if state.is_none() {
+                if !unknown_logged {
+                    let shown = std::str::from_utf8(&word[..n]).unwrap_or("(not text)");
+                    log(format_args!(
+                        "array_state reads {:?}, not an md word: doing nothing",
+                        shown.trim_end()
+                    ));
+                    unknown_logged = true;
+                }
+                self.stats().errors.fetch_add(1, Ordering::Relaxed);
+            }
+            let mut member_word = [0u8; 128];
+            let pending = self.read_members(&mut member_word);
             let mut retry = false;
-            match state {
-                Some(ArrayState::WritePending) => {
-                    // The metadata write always comes before the ack.
-                    if !self.dirty {
-                        match self.write_superblocks(0) {
-                            Ok(()) => self.set_dirty(true),
-                            Err(e) => {
-                                log(format_args!(
-                                    "marking superblocks dirty failed: errno {e}; writes stay blocked, retrying"
-                                ));
-                                self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                                retry = true;
-                            }
+            // 1. Metadata first: new failures, and the dirty mark a
+            //    write-pending array asks for, in one write.
+            let want_dirty = state == Some(ArrayState::WritePending) && !self.dirty;
+            let mut recorded = !pending;
+            if state.is_some() && (pending || want_dirty) {
+                let resync =
+                    if state == Some(ArrayState::WritePending) { Some(0) } else { self.current_resync() };
+                match resync.map(|r| self.write_superblocks(r)) {
+                    Some(Ok(())) => {
+                        if resync == Some(0) {
+                            self.set_dirty(true);
                         }
+                        self.failures_recorded();
+                        recorded = true;
                     }
-                    if self.dirty {
-                        match self.store(b"active") {
-                            Ok(()) => {
-                                self.stats.acks.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(e) => {
-                                log(format_args!("storing active failed: errno {e}"));
-                                self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                                retry = true;
-                            }
-                        }
+                    Some(Err(e)) => {
+                        log(format_args!(
+                            "superblock update failed: errno {e}; writes stay blocked, retrying"
+                        ));
+                        self.stats().errors.fetch_add(1, Ordering::Relaxed);
+                        retry = true;
+                    }
+                    None => {
+                        log(format_args!("cannot read md/resync_start; retrying"));
+                        self.stats().errors.fetch_add(1, Ordering::Relaxed);
+                        retry = true;
                     }
                 }
+            }
+            // 2. Acknowledgements, only for what is on disk.
+            if recorded && !self.unblock_recorded() {
+                retry = true;
+            }
+            match state {
+                Some(ArrayState::WritePending) if self.dirty && recorded => match self.store(b"active") {
+                    Ok(()) => {
+                        self.stats().acks.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        log(format_args!("storing active failed: errno {e}"));
+                        self.stats().errors.fetch_add(1, Ordering::Relaxed);
+                        retry = true;
+                    }
+                },
                 Some(ArrayState::ActiveIdle) => match self.store(b"clean") {
                     Ok(()) => {
                         if self.dirty && !self.mark_clean() {
@@ -489,18 +848,14 @@ impl Monitor {
                     Err(libc::EBUSY) => {}
                     Err(e) => {
                         log(format_args!("storing clean failed: errno {e}"));
-                        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                        self.stats().errors.fetch_add(1, Ordering::Relaxed);
                         retry = true;
                     }
                 },
-                Some(ArrayState::Clean) => {
-                    // In sync with no writes in flight (a writer would wait
-                    // for us in write-pending): superblocks left dirty by a
-                    // failed write or an earlier monitor are made clean.
-                    if self.dirty && !self.mark_clean() {
-                        retry = true;
-                    }
-                }
+                // In sync with no writes in flight (a writer would wait for
+                // us in write-pending): superblocks left dirty by a failed
+                // write or an earlier monitor are made clean.
+                Some(ArrayState::Clean) if self.dirty && !self.mark_clean() => retry = true,
                 Some(ArrayState::Inactive | ArrayState::Clear) => {
                     // md stops an array only with no writes in flight.
                     if self.dirty {
@@ -508,24 +863,7 @@ impl Monitor {
                     }
                     return Ok(());
                 }
-                None => {
-                    if !unknown_logged {
-                        let shown = std::str::from_utf8(&word[..n]).unwrap_or("(not text)");
-                        log(format_args!(
-                            "array_state reads {:?}, not an md word: doing nothing",
-                            shown.trim_end()
-                        ));
-                        unknown_logged = true;
-                    }
-                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                }
-                Some(
-                    ArrayState::Active
-                    | ArrayState::Readonly
-                    | ArrayState::ReadAuto
-                    | ArrayState::Suspended
-                    | ArrayState::Broken,
-                ) => {}
+                _ => {}
             }
             if !self.mounted() {
                 log(format_args!(
@@ -551,9 +889,12 @@ impl Monitor {
             }
             // As mdmon: every wake-up re-reads every attribute (a notify
             // stays pending on an open attribute until it is read, and
-            // poll would return at once forever). A member's attribute
-            // that is gone (removed member) is no longer watched.
-            for (p, f) in self.pollfds[1..].iter_mut().zip(&self.watched) {
+            // poll would return at once forever). `array_state` and the
+            // members' `state` are read at the top of the loop.
+            let _ = PFD_ARRAY_STATE;
+            let _ = PFD_WAKE;
+            for (i, f) in self.sync_attrs.iter().enumerate() {
+                let p = &mut self.pollfds[2 + i];
                 if p.fd >= 0 && p.revents != 0 && read_attr(f, &mut word).is_err() {
                     p.fd = -1;
                 }
@@ -572,25 +913,108 @@ impl Monitor {
         let rc = unsafe { libc::stat(self.dir_c.as_ptr(), &mut st) };
         rc == 0 && st.st_dev == self.mount_dev
     }
+
+    /// What the manager needs to know of the members: by slot, the
+    /// `dev-NAME` directory name.
+    fn member_dirs(&self) -> Vec<Option<String>> {
+        self.members.iter().map(|m| m.as_ref().map(|m| m.dir_name.clone())).collect()
+    }
 }
 
-/// The control socket: one request line, one reply line. `status` answers
-/// `state=WORD dirty=0|1 events=N acks=N cleans=N sb_writes=N errors=N
-/// monitor_allocs=N`.
-fn manager(listener: std::os::unix::net::UnixListener, stats: Arc<Stats>, hooks: Hooks) {
+/// The manager thread: the control socket (one request line, one reply
+/// line; `status`), and member removal: a member whose failure the
+/// monitor recorded and unblocked is removed from the array with `remove`
+/// through a newly opened `state` (as mdmon's manager does), then the
+/// monitor is told to let go of it (a `Retire` update through the
+/// mailbox) and the structure it hands back is closed and freed here.
+fn manager(
+    listener: std::os::unix::net::UnixListener,
+    shared: Arc<Shared>,
+    hooks: Hooks,
+    md: PathBuf,
+    dirs: Vec<Option<String>>,
+) {
     use std::io::{BufRead, BufReader};
-    for conn in listener.incoming() {
-        let Ok(conn) = conn else { continue };
-        let mut line = String::new();
-        let mut r = BufReader::new(&conn);
-        if r.read_line(&mut line).is_err() {
-            continue;
+    let _ = listener.set_nonblocking(true);
+    // Retire updates not yet queued (the monitor's ring was full).
+    let mut outbox: std::collections::VecDeque<Box<Update>> = std::collections::VecDeque::new();
+    // Slots removed (or found gone) whose Retire is queued or sent.
+    let mut retiring = 0u64;
+    loop {
+        let mut pfds = [
+            libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: shared.manager_wake.fd(), events: libc::POLLIN, revents: 0 },
+        ];
+        // A removal refused for now (EBUSY) is retried every second.
+        // SAFETY: two valid pollfds.
+        unsafe { libc::poll(pfds.as_mut_ptr(), 2, 1000) };
+        shared.manager_wake.clear();
+        // Structures the monitor let go of: closed and freed here.
+        while let Some(back) = shared.to_manager.pop() {
+            if let Update::Retired(entry) = *back {
+                log(format_args!("{} (slot {}) let go", entry.path.display(), entry.slot));
+                shared.stats.removed.fetch_add(1, Ordering::Relaxed);
+                drop(entry);
+            }
         }
-        let reply = match line.trim() {
-            "status" => status_line(&stats, hooks),
-            other => format!("error: unknown request {other:?} (status)"),
-        };
-        let _ = (&conn).write_all(format!("{reply}\n").as_bytes());
+        // Removals.
+        let want = shared.removable.load(Ordering::Acquire) & !retiring;
+        for slot in (0..64).filter(|s| want & (1 << s) != 0) {
+            let Some(Some(name)) = dirs.get(slot) else { continue };
+            let path = md.join(name).join("state");
+            let r =
+                std::fs::OpenOptions::new().write(true).open(&path).and_then(|mut f| f.write_all(b"remove"));
+            let gone = match r {
+                Ok(()) => {
+                    log(format_args!("{name} (slot {slot}) removed from the array"));
+                    true
+                }
+                // Already removed (by hand): let go of it too.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENODEV)) => true,
+                Err(e) => {
+                    if e.raw_os_error() != Some(libc::EBUSY) {
+                        log(format_args!("{name}: remove failed: {e}; retrying"));
+                    }
+                    false
+                }
+            };
+            if gone {
+                retiring |= 1 << slot;
+                outbox.push_back(Box::new(Update::Retire { slot }));
+            }
+        }
+        let mut sent = false;
+        while let Some(u) = outbox.pop_front() {
+            match shared.to_monitor.push(u) {
+                Ok(()) => sent = true,
+                Err(u) => {
+                    outbox.push_front(u);
+                    break;
+                }
+            }
+        }
+        if sent {
+            shared.monitor_wake.signal();
+        }
+        // Control requests.
+        loop {
+            let conn = match listener.accept() {
+                Ok((c, _)) => c,
+                Err(_) => break,
+            };
+            let _ = conn.set_nonblocking(false);
+            let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+            let mut line = String::new();
+            let mut r = BufReader::new(&conn);
+            if r.read_line(&mut line).is_err() {
+                continue;
+            }
+            let reply = match line.trim() {
+                "status" => status_line(&shared.stats, hooks),
+                other => format!("error: unknown request {other:?} (status)"),
+            };
+            let _ = (&conn).write_all(format!("{reply}\n").as_bytes());
+        }
     }
 }
 
@@ -598,7 +1022,8 @@ fn manager(listener: std::os::unix::net::UnixListener, stats: Arc<Stats>, hooks:
 pub fn status_line(stats: &Stats, hooks: Hooks) -> String {
     let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
     format!(
-        "state={} dirty={} events={} acks={} cleans={} sb_writes={} errors={} monitor_allocs={}",
+        "state={} dirty={} events={} acks={} cleans={} sb_writes={} errors={} failures={} removed={} \
+         monitor_allocs={}",
         decode_state(stats.state.load(Ordering::Relaxed)),
         stats.dirty.load(Ordering::Relaxed),
         l(&stats.events),
@@ -606,6 +1031,8 @@ pub fn status_line(stats: &Stats, hooks: Hooks) -> String {
         l(&stats.cleans),
         l(&stats.sb_writes),
         l(&stats.errors),
+        l(&stats.failures),
+        l(&stats.removed),
         (hooks.monitor_allocs)()
     )
 }
@@ -676,8 +1103,8 @@ impl Drop for Lock {
 /// monitor on its own thread.
 pub fn run(cfg: Config, ready: impl FnOnce(&str)) -> Result<(), MonError> {
     let _lock = Lock::take(&cfg.lock_path)?;
-    let stats = Arc::new(Stats::default());
-    let mut monitor = Monitor::prepare(&cfg.dir, stats.clone())?;
+    let shared = Arc::new(Shared::new()?);
+    let mut monitor = Monitor::prepare(&cfg.dir, shared.clone())?;
     let _ = std::fs::remove_file(&cfg.socket_path);
     let listener = std::os::unix::net::UnixListener::bind(&cfg.socket_path)
         .map_err(|e| MonError(format!("{}: {e}", cfg.socket_path.display())))?;
@@ -690,10 +1117,12 @@ pub fn run(cfg: Config, ready: impl FnOnce(&str)) -> Result<(), MonError> {
         monitor.events,
         if monitor.dirty { "dirty" } else { "clean" }
     );
-    let mgr_stats = stats.clone();
+    let mgr_shared = shared.clone();
+    let dirs = monitor.member_dirs();
+    let md = cfg.dir.join("md");
     let spawned = std::thread::Builder::new()
         .name("umd-mon-manager".into())
-        .spawn(move || manager(listener, mgr_stats, hooks))
+        .spawn(move || manager(listener, mgr_shared, hooks, md, dirs))
         .map_err(|e| MonError(format!("manager thread: {e}")))
         .and_then(|_| {
             std::thread::Builder::new()

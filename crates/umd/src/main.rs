@@ -6,7 +6,8 @@
 //! `md` crate and serves them through `export`; it holds no RAID logic of its
 //! own.
 //!
-//! Commands: `create`, `examine`, `extract`, `assemble`, `mon`, `detail`, `stop`, `bench`, `demo`.
+//! Commands: `create`, `examine`, `extract`, `assemble`, `mon`, `detail`, `fail`, `remove`, `stop`,
+//! `bench`, `demo`.
 //! Every error is one line on stderr, `umd: MEMBER: reason`, and a non-zero
 //! exit status.
 
@@ -19,6 +20,7 @@ mod detail;
 mod examine;
 mod extract;
 mod faults;
+mod manage;
 mod mount;
 mod progress;
 
@@ -139,6 +141,27 @@ enum Command {
         /// Mount directory given to `umd assemble --mount`.
         dir: PathBuf,
     },
+    /// Mark a member of the array served at DIR faulty, as `mdadm --fail`
+    /// does: md stops using it, the metadata manager records the failure in
+    /// the other members' superblocks (writes wait until it has), then
+    /// removes it from the array. The array runs degraded.
+    #[command(alias = "f")]
+    Fail {
+        /// Mount directory given to `umd assemble --mount`.
+        dir: PathBuf,
+        /// The member: its device or image file, or `dev-NAME` as under DIR/md/.
+        member: PathBuf,
+    },
+    /// Remove a failed member from the array served at DIR, as `mdadm
+    /// --remove` does (the metadata manager does this by itself after a
+    /// failure; a member already removed is reported, not an error).
+    #[command(alias = "r")]
+    Remove {
+        /// Mount directory given to `umd assemble --mount`.
+        dir: PathBuf,
+        /// The member: its device or image file, or `dev-NAME` as under DIR/md/.
+        member: PathBuf,
+    },
     /// Stop the array served at DIR: unmount it and end its process.
     #[command(alias = "S")]
     Stop {
@@ -234,6 +257,8 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Stop { dir } => mount::stop(&dir),
+        Command::Fail { dir, member } => manage::fail(&dir, &member),
+        Command::Remove { dir, member } => manage::remove(&dir, &member),
         Command::Mon { status, dir } => {
             if status {
                 mount::mon_status(&dir)

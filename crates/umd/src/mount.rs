@@ -635,7 +635,7 @@ fn serve(array: Array, degraded: bool, dir: &Path, o: &Options, ready_fd: Option
         }
     };
     if std::env::var_os("UMD_TEST_HOOKS").is_some_and(|v| v == "1") {
-        if let Err(e) = add_test_hooks(&tree, &sysfs, writable) {
+        if let Err(e) = add_test_hooks(&tree, &sysfs, writable, o.faults.clone()) {
             eprintln!("umd: warning: test hooks unavailable: errno {e}");
         }
     }
@@ -751,7 +751,10 @@ fn serve(array: Array, degraded: bool, dir: &Path, o: &Options, ready_fd: Option
 /// notifies; `remove SLOT` removes md/dev-*/ of that slot as md does when a
 /// member leaves the array; `array_state_garbage on|off` makes
 /// md/array_state answer text that is no md word (a metadata manager must
-/// then keep the array blocked, not guess). A writable array also gets a read-only
+/// then keep the array blocked, not guess); `faults arm|disarm` arms or
+/// disarms the fault injectors given with `--faults`/`--member-faults`
+/// (a spec started `disarmed` lets a test choose when a member starts
+/// failing). A writable array also gets a read-only
 /// `DIR/umd-test-copies` showing `CALLS BYTES`: the copies served by the
 /// copy cache ([`WritableArray::copy_stats`]), so tests can tell them from
 /// a copy the kernel did by reading and writing. Never present without the
@@ -760,8 +763,9 @@ fn add_test_hooks(
     tree: &Arc<kernfs::Kernfs>,
     sysfs: &Arc<md::sysfs::MdSysfs>,
     writable: Option<Arc<WritableArray>>,
+    faults: crate::faults::Injectors,
 ) -> Result<(), kernfs::Errno> {
-    struct Hook(Arc<md::sysfs::MdSysfs>);
+    struct Hook(Arc<md::sysfs::MdSysfs>, crate::faults::Injectors);
     impl kernfs::AttrOps for Hook {
         fn show(&self, _out: &mut kernfs::ShowBuf) -> Result<(), kernfs::Errno> {
             Err(libc::EACCES)
@@ -783,13 +787,20 @@ fn add_test_hooks(
                     "off" => self.0.garble_array_state(false),
                     _ => return Err(libc::EINVAL),
                 },
+                // Arms or disarms every fault injector (`--faults` /
+                // `--member-faults` specs started `disarmed`).
+                "faults" => match arg {
+                    "arm" => self.1.iter().for_each(|(_, f)| f.arm()),
+                    "disarm" => self.1.iter().for_each(|(_, f)| f.disarm()),
+                    _ => return Err(libc::EINVAL),
+                },
                 _ => return Err(libc::EINVAL),
             }
             Ok(data.len())
         }
     }
     let attr = kernfs::Attr {
-        ops: Arc::new(Hook(sysfs.clone())),
+        ops: Arc::new(Hook(sysfs.clone(), faults)),
         prealloc: false,
         atomic_write_len: 0,
         seq: false,

@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub use md::synth::{pattern_block, pattern_fill, Spec};
 
+pub mod served;
+
 /// A unique scratch directory, removed on drop (also when a test panics).
 pub struct Scratch(pub PathBuf);
 

@@ -1,0 +1,330 @@
+//! md's member-failure protocol over real read-write mounts, with `umd
+//! mon` managing the superblocks (issue 8, item 1):
+//!
+//! * `umd fail DIR MEMBER` on raid1/4/5/6/10: the member turns faulty,
+//!   the manager records its role as faulty (`0xfffe`) in the superblocks
+//!   of the members in service (checked on the images and with the real
+//!   `mdadm --examine`) and then removes it; the failed member's own
+//!   superblock is left as it was; the array runs degraded with every
+//!   byte intact, takes writes, and assembles again without the member.
+//! * A member whose writes fail (blockio fault injection) during a write
+//!   burst: every write of the burst completes, degraded, data verified.
+//!   The order is observable: with the manager dead, the write that hit
+//!   the error does not return and the survivors' superblocks do not
+//!   change; a manager started by hand records the failure, and only then
+//!   does the write return.
+//! * Bad input changes nothing: failing a member the array cannot lose,
+//!   removing a member in service, naming something that is no member.
+
+mod common;
+
+use common::served::*;
+use common::*;
+use md::synth::Rng;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// md's role of a failed member.
+const ROLE_FAULTY: u16 = 0xfffe;
+
+/// `dev_number`, `events` and the `dev_roles` table of a member's
+/// superblock, read from its image.
+fn roles(member: &Path) -> (u32, u64, Vec<u16>) {
+    let f = std::fs::File::open(member).expect("open member");
+    let mut b = vec![0u8; 4096];
+    f.read_exact_at(&mut b, 4096).expect("read superblock");
+    let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().expect("4 bytes"));
+    let events = u64::from_le_bytes(b[200..208].try_into().expect("8 bytes"));
+    let max_dev = u32_at(220) as usize;
+    let roles = (0..max_dev).map(|i| u16::from_le_bytes([b[256 + 2 * i], b[257 + 2 * i]])).collect();
+    (u32_at(160), events, roles)
+}
+
+fn sb_block(member: &Path) -> Vec<u8> {
+    let f = std::fs::File::open(member).expect("open member");
+    let mut b = vec![0u8; 4096];
+    f.read_exact_at(&mut b, 4096).expect("read superblock");
+    b
+}
+
+/// `mdadm --examine`'s `Array State` of `member` (e.g. `AA.A`).
+fn mdadm_array_state(member: &Path) -> String {
+    assert!(have_tool("mdadm"), "mdadm is not installed (scripts/setup.sh installs it)");
+    let out = run(Command::new("mdadm").arg("--examine").arg(member));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "mdadm --examine {}: {}",
+        member.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = parse_examine(&text);
+    let csum = m.get("Checksum").cloned().unwrap_or_default();
+    assert!(csum.ends_with("- correct"), "mdadm --examine checksum {csum:?}:\n{text}");
+    m.get("Array State").map(|s| s.split_whitespace().next().unwrap_or("").to_string()).unwrap_or_default()
+}
+
+/// Waits until `cond` holds (10 s at most).
+fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "not {what} after 10 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The `dev-*` directory of `member` under `dir/md`, if it is still there.
+fn dev_dir(dir: &Path, member: &Path) -> Option<PathBuf> {
+    let want = std::fs::canonicalize(member).ok()?;
+    std::fs::read_dir(dir.join("md")).ok()?.flatten().map(|e| e.path()).find(|p| {
+        p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("dev-"))
+            && std::fs::read_link(p.join("block")).ok().as_deref() == Some(want.as_path())
+    })
+}
+
+fn data_file(dir: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new().read(true).write(true).open(dir.join("data")).expect("open data")
+}
+
+fn verify(dir: &Path, model: &[u8], what: &str) {
+    let mut back = vec![0u8; model.len()];
+    data_file(dir).read_exact_at(&mut back, 0).unwrap_or_else(|e| panic!("{what}: read back: {e}"));
+    if let Some(i) = back.iter().zip(model).position(|(a, b)| a != b) {
+        panic!("{what}: array byte {i} differs from what was written");
+    }
+}
+
+fn umd_ok(args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
+    let out = run(umd().args(args.iter().map(|a| a.as_ref())));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "umd {:?}: {}{text}", out.status, String::from_utf8_lossy(&out.stderr));
+    text
+}
+
+fn umd_err(args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
+    let out = run(umd().args(args.iter().map(|a| a.as_ref())));
+    assert!(!out.status.success(), "umd succeeded: {}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `umd fail` of one member of every redundant level: recorded, removed,
+/// degraded with data intact, writable, assembled again without it.
+#[test]
+fn fail_by_hand_every_level() {
+    let levels: [(&str, usize, &[&str]); 5] = [
+        ("1", 2, &[]),
+        ("4", 3, &["-c", "64"]),
+        ("5", 4, &["-c", "64"]),
+        ("6", 5, &["-c", "64"]),
+        ("10", 4, &["-c", "64"]),
+    ];
+    for (level, n, extra) in levels {
+        let s = Scratch::new(&format!("fail-raid{level}"));
+        let all = members(&s, n);
+        let mut args = vec!["-l", level, "-n"];
+        let ns = n.to_string();
+        args.push(&ns);
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["-z", "4M", "--assume-clean"]);
+        create(&args, &all);
+        let (a, _) = Served::assemble(&s.path("mnt"), &all, &[]);
+        let tag = format!("raid{level}");
+        let size = data_file(&a.dir).metadata().expect("stat data").len() as usize;
+        let mut model = vec![0u8; size];
+        data_file(&a.dir).read_exact_at(&mut model, 0).expect("read initial content");
+        let mut rng = Rng::new(0xfa11 + n as u64);
+        random_writes(&data_file(&a.dir), &mut model, &mut rng, 60, 300_000);
+
+        let victim = all[1].clone();
+        let (victim_dev, e_before, _) = roles(&victim);
+        let victim_sb = sb_block(&victim);
+        let out = umd_ok(&[&"fail", &a.dir, &victim]);
+        assert!(out.contains("faulty") && out.contains("recorded"), "{tag}: umd fail said {out:?}");
+        wait_until(&format!("{tag}: victim removed"), || dev_dir(&a.dir, &victim).is_none());
+        let st = status_until(&a.dir, "failure recorded and member removed", |st| {
+            st["failures"] == "1" && st["removed"] == "1"
+        });
+        assert_eq!((num(&st, "errors"), num(&st, "monitor_allocs")), (0, 0), "{tag}: status {st:?}");
+        assert_eq!(std::fs::read_to_string(a.md("degraded")).expect("degraded").trim(), "1", "{tag}");
+        for (k, m) in all.iter().enumerate() {
+            if *m == victim {
+                continue;
+            }
+            let (_, ev, r) = roles(m);
+            assert_eq!(r[victim_dev as usize], ROLE_FAULTY, "{tag}: member {k}'s roles {r:?}");
+            assert!(ev > e_before, "{tag}: member {k} events {ev} not above {e_before}");
+            let state = mdadm_array_state(m);
+            assert_eq!(state.chars().nth(1), Some('.'), "{tag}: mdadm Array State {state:?} of member {k}");
+            assert_eq!(state.chars().filter(|&c| c == 'A').count(), n - 1, "{tag}: {state:?}");
+        }
+        assert!(sb_block(&victim) == victim_sb, "{tag}: the failed member's superblock was written");
+        verify(&a.dir, &model, &format!("{tag}: after the failure"));
+
+        // Degraded: writes go on.
+        random_writes(&data_file(&a.dir), &mut model, &mut rng, 60, 300_000);
+        verify(&a.dir, &model, &format!("{tag}: degraded writes"));
+        // mdadm's habit: --fail then --remove. Already done by the manager.
+        let out = umd_ok(&[&"remove", &a.dir, &victim]);
+        assert!(out.contains("already removed"), "{tag}: umd remove said {out:?}");
+        a.stop();
+
+        // Assembled again from every image: the failed one is left out.
+        let (b, ready) = Served::assemble(&s.path("mnt"), &all, &["--force"]);
+        assert!(ready.contains("DEGRADED"), "{tag}: ready line {ready:?}");
+        verify(&b.dir, &model, &format!("{tag}: re-assembled"));
+        b.stop();
+        let out = run(umd().arg("extract").arg("-o").arg(s.path("out")).args(&all));
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{tag}: extract: {err}");
+        assert!(
+            err.contains("recorded as faulty"),
+            "{tag}: extract did not say why the member is out: {err}"
+        );
+    }
+}
+
+/// A 192 KiB write (a whole raid5 row of 64 KiB chunks on 4 members) in
+/// a thread; its result arrives on the returned channel.
+fn row_write_in_thread(data: &Path, off: u64, bytes: Vec<u8>) -> mpsc::Receiver<std::io::Result<()>> {
+    let data = data.to_path_buf();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let r = std::fs::OpenOptions::new().write(true).open(&data).and_then(|f| f.write_all_at(&bytes, off));
+        let _ = tx.send(r);
+    });
+    rx
+}
+
+/// A member whose writes fail during a write burst: the burst completes,
+/// degraded, with every byte right; and no write that needed the member
+/// is acknowledged before the survivors' superblocks say it failed.
+#[test]
+fn write_errors_fail_the_member_after_the_metadata() {
+    let s = Scratch::new("fail-write-error");
+    let all = members(&s, 4);
+    create(&RAID5, &all);
+    let victim = all[2].clone();
+    let spec = "disarmed,write:fail";
+    let victim_arg = victim.to_string_lossy().into_owned();
+    let (a, _) = Served::assemble_hooks(&s.path("mnt"), &all, &["--member-faults", &victim_arg, spec], true);
+    let hook = |cmd: &str| write_attr(&a.dir.join("umd-test-hook"), cmd);
+    let size = data_file(&a.dir).metadata().expect("stat data").len() as usize;
+    let mut model = vec![0u8; size];
+    data_file(&a.dir).read_exact_at(&mut model, 0).expect("read initial content");
+    let mut rng = Rng::new(77);
+
+    // Active and dirty, and kept so (a long safe-mode delay); then the
+    // manager dies and the member starts failing its writes.
+    write_attr(&a.md("safe_mode_delay"), "60.000\n");
+    random_writes(&data_file(&a.dir), &mut model, &mut rng, 20, 100_000);
+    let (victim_dev, _, _) = roles(&victim);
+    kill_manager(&a.dir);
+    let sbs_before: Vec<Vec<u8>> = all.iter().map(|m| sb_block(m)).collect();
+    hook("faults arm");
+
+    // A whole row: one piece goes to the failing member.
+    let row = rng.bytes(192 << 10);
+    let done = row_write_in_thread(&a.dir.join("data"), 0, row.clone());
+    model[..row.len()].copy_from_slice(&row);
+    match done.recv_timeout(Duration::from_millis(800)) {
+        Err(mpsc::RecvTimeoutError::Timeout) => {}
+        other => {
+            panic!("the write that hit the member error returned before the failure was recorded: {other:?}")
+        }
+    }
+    let dev = dev_dir(&a.dir, &victim).expect("victim's dev dir");
+    let state = std::fs::read_to_string(dev.join("state")).expect("state");
+    assert_eq!(state.trim(), "faulty,blocked,write_error", "member state while nobody records the failure");
+    assert_eq!(std::fs::read_to_string(a.md("array_state")).expect("array_state").trim(), "write-pending");
+    let sbs_now: Vec<Vec<u8>> = all.iter().map(|m| sb_block(m)).collect();
+    assert!(sbs_now == sbs_before, "superblocks changed without a manager");
+
+    // A manager started by hand records the failure; then the write returns.
+    let (_mon, _) = MonChild::start(&a.dir, &s.path("mon.err"));
+    done.recv_timeout(Duration::from_secs(10))
+        .expect("the write did not return after the failure was recorded")
+        .expect("the write that hit the member error failed");
+    for (k, m) in all.iter().enumerate() {
+        if *m == victim {
+            continue;
+        }
+        let (_, _, r) = roles(m);
+        assert_eq!(r[victim_dev as usize], ROLE_FAULTY, "member {k}'s roles once the write returned: {r:?}");
+    }
+    assert!(sb_block(&victim) == sbs_before[2], "the failed member's superblock was written");
+    wait_until("victim removed", || dev_dir(&a.dir, &victim).is_none());
+
+    // The rest of the burst: degraded, every byte right.
+    random_writes(&data_file(&a.dir), &mut model, &mut rng, 100, 200_000);
+    verify(&a.dir, &model, "after the burst");
+    let st = status_until(&a.dir, "failure recorded and member removed", |st| {
+        st["failures"] == "1" && st["removed"] == "1"
+    });
+    assert_eq!(num(&st, "monitor_allocs"), 0, "status {st:?}");
+    let state = mdadm_array_state(&all[0]);
+    assert_eq!(state, "AA.A", "mdadm --examine Array State of a survivor");
+    a.stop();
+}
+
+/// Bad input changes nothing: a member the array cannot lose, a member
+/// in service removed, a path that is no member, a directory that is no
+/// array.
+#[test]
+fn fail_and_remove_bad_input() {
+    let s = Scratch::new("fail-bad");
+    let all = members(&s, 4);
+    create(&RAID5, &all);
+    let (a, _) = Served::assemble(&s.path("mnt"), &all, &[]);
+    let size = data_file(&a.dir).metadata().expect("stat data").len() as usize;
+    let mut model = vec![0u8; size];
+    data_file(&a.dir).read_exact_at(&mut model, 0).expect("read initial content");
+    let mut rng = Rng::new(5);
+    random_writes(&data_file(&a.dir), &mut model, &mut rng, 20, 100_000);
+
+    // In service: cannot be removed.
+    let e = umd_err(&[&"remove", &a.dir, &all[0]]);
+    assert!(e.contains("in service") && e.contains("fail it first"), "remove in service: {e}");
+    assert!(dev_dir(&a.dir, &all[0]).is_some());
+
+    umd_ok(&[&"fail", &a.dir, &all[3]]);
+    wait_until("member 3 removed", || dev_dir(&a.dir, &all[3]).is_none());
+    // Failing another would lose data: refused, nothing changes.
+    let sbs: Vec<Vec<u8>> = all.iter().map(|m| sb_block(m)).collect();
+    let e = umd_err(&[&"fail", &a.dir, &all[0]]);
+    assert!(e.contains("would lose data"), "fail beyond redundancy: {e}");
+    let dev = dev_dir(&a.dir, &all[0]).expect("member 0 still in the array");
+    assert_eq!(std::fs::read_to_string(dev.join("state")).expect("state").trim(), "in_sync");
+    assert_ne!(std::fs::read_to_string(a.md("array_state")).expect("array_state").trim(), "broken");
+    assert_eq!(std::fs::read_to_string(a.md("degraded")).expect("degraded").trim(), "1");
+    random_writes(&data_file(&a.dir), &mut model, &mut rng, 20, 100_000);
+    verify(&a.dir, &model, "after the refused fail");
+    let now: Vec<Vec<u8>> = all.iter().map(|m| sb_block(m)).collect();
+    for k in 0..3 {
+        // Only events/utime/checksum/resync move with writes; the roles
+        // are what a refused fail would have changed.
+        assert_eq!(now[k][256..256 + 8], sbs[k][256..256 + 8], "member {k}'s roles changed");
+    }
+
+    // Not members.
+    let stranger = s.path("stranger.img");
+    std::fs::write(&stranger, vec![0u8; 1 << 20]).expect("write stranger");
+    let e = umd_err(&[&"fail", &a.dir, &stranger]);
+    assert!(e.contains("not a member"), "fail of a stranger: {e}");
+    let e = umd_err(&[&"remove", &a.dir, &stranger]);
+    assert!(e.contains("not a member"), "remove of a stranger: {e}");
+    let e = umd_err(&[&"fail", &s.path("nowhere"), &all[0]]);
+    assert!(e.contains("not an array served by umd"), "fail on a non-array: {e}");
+    // A garbage word into a member's state: EINVAL, nothing changes.
+    let dev = dev_dir(&a.dir, &all[1]).expect("member 1");
+    let r = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dev.join("state"))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"explode"));
+    assert_eq!(r.map_err(|e| e.raw_os_error()), Err(Some(libc::EINVAL)), "garbage into dev state");
+    assert_eq!(std::fs::read_to_string(dev.join("state")).expect("state").trim(), "in_sync");
+    verify(&a.dir, &model, "at the end");
+    a.stop();
+}
