@@ -17,6 +17,22 @@
 //! as md keeps the last mirror), marks the array broken, and fails the
 //! write with `EIO`.
 //!
+//! ## Read errors
+//! A member read that fails with an I/O error is answered from redundancy
+//! ([`Array::read_at`], [`crate::repair`]): the read is retried with the
+//! failing member left out, so the personality takes a mirror or rebuilds
+//! from parity; the good bytes are then written back over the member's
+//! failed range and read again (md's `fix_read_error`), and the member's
+//! [`SlotMember::read_errors`] (`dev-*/errors`) rises by one. Past md's
+//! limit ([`crate::repair::MAX_CORRECTED_READ_ERRORS`]), or when the
+//! rewrite or its re-read fails, the member is failed as above (a
+//! failure the level cannot survive leaves it in place, and the read
+//! still returns the good bytes). A read-only array counts but does not
+//! rewrite; raid0 has nothing to answer from. A read that no combination
+//! of members can answer fails with `EIO`, never with zeros or stale
+//! bytes, and fails no member. On a writable raid4/5/6 array the retry and
+//! the rewrite of a row run under the row's stripe lock.
+//!
 //! ## Synchronization model
 //! Member flags are atomics read lock-free by the I/O paths; changes to
 //! them go through `Health::lock` (a leaf mutex held for the decision and
@@ -29,7 +45,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use blockio::{Access, Member};
 
 use crate::fanout::{WriteJob, WritePool};
-use crate::personality::{MemberRead, Personality, WritePiece};
+use crate::personality::{MemberRead, Personality, StripeMap, WritePiece};
+use crate::repair::{eio, Excluding, Failure, Repair, Tally};
 use crate::stripe::{Ctx, StripeCache, StripeCounts};
 use crate::superblock::Superblock;
 
@@ -46,6 +63,9 @@ pub struct SlotMember {
     pub sb: Superblock,
     /// md's member flags ([`flags`]).
     pub flags: AtomicU32,
+    /// Read errors corrected on this member (`dev-*/errors`; see the
+    /// module doc's "Read errors"). Stores through `errors` set it.
+    pub read_errors: AtomicU32,
 }
 
 /// md's per-member flags (`rdev->flags`), the ones umd keeps.
@@ -70,6 +90,7 @@ impl SlotMember {
             dev,
             sb,
             flags: AtomicU32::new(0),
+            read_errors: AtomicU32::new(0),
         }
     }
 
@@ -176,7 +197,8 @@ pub struct Health {
 
 impl std::fmt::Debug for Health {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let flags: Vec<Option<u32>> = self.slots.0.iter().map(|m| m.as_ref().map(SlotMember::flags)).collect();
+        let flags: Vec<Option<u32>> =
+            self.slots.0.iter().map(|m| m.as_ref().map(SlotMember::flags)).collect();
         f.debug_struct("Health").field("flags", &flags).finish()
     }
 }
@@ -214,6 +236,18 @@ impl Health {
     ///
     /// Called under: no array lock (a stripe lock is fine).
     pub fn fail(&self, slot: usize, write_error: bool) -> bool {
+        self.fail_as(slot, write_error, true)
+    }
+
+    /// md's `faulty` store on `slot`'s `state`: as [`fail`](Self::fail),
+    /// except that a member the array cannot lose is refused (`false`)
+    /// and nothing changes. (md marks the array broken here too; umd
+    /// keeps a refused request harmless.)
+    pub fn fail_request(&self, slot: usize) -> bool {
+        self.fail_as(slot, false, false)
+    }
+
+    fn fail_as(&self, slot: usize, write_error: bool, io_error: bool) -> bool {
         let Some(Some(m)) = self.slots.0.get(slot) else { return false };
         let extra = if write_error { flags::WRITE_ERROR } else { 0 };
         let guard = self.lock();
@@ -222,11 +256,14 @@ impl Health {
             m.flags.fetch_or(extra, Ordering::AcqRel);
             return true;
         }
-        let present: Vec<bool> = (0..self.slots.0.len()).map(|s| s != slot && self.slots.is_present(s)).collect();
+        let present: Vec<bool> =
+            (0..self.slots.0.len()).map(|s| s != slot && self.slots.is_present(s)).collect();
         if !self.personality.readable_with(&present) {
             drop(guard);
-            if let Some(e) = self.events() {
-                e.broken();
+            if io_error {
+                if let Some(e) = self.events() {
+                    e.broken();
+                }
             }
             return false;
         }
@@ -337,6 +374,16 @@ impl Array {
         Array { sb, personality, slots, health, writer: OnceLock::new() }
     }
 
+    /// Takes the array apart: its superblock, its personality, and its
+    /// members (`None` if something still shares them, e.g. an attribute
+    /// tree published for the array).
+    pub fn into_parts(self) -> (Superblock, Arc<dyn Personality>, Option<Slots>) {
+        let Array { sb, personality, slots, health, writer } = self;
+        drop(writer);
+        drop(health);
+        (sb, personality, Arc::try_unwrap(slots).ok())
+    }
+
     /// The member-failure state (shared with the attribute tree).
     pub fn health(&self) -> &Arc<Health> {
         &self.health
@@ -377,20 +424,114 @@ impl Array {
     }
 
     /// Reads exactly `buf.len()` bytes at `offset`. Fails for ranges outside
-    /// the array and for data no member in service can supply.
+    /// the array (`InvalidInput`) and, with `EIO`, for data no combination
+    /// of members in service can supply.
     ///
-    /// A writable degraded raid4/5/6 array reads row by row under the rows'
-    /// stripe locks (see [`StripeCache::read_rows`]): rebuilt data is never
-    /// torn by a concurrent write of the same row.
+    /// A member read that fails with an I/O error is answered from
+    /// redundancy, the good bytes are written back over the member, and its
+    /// read-error count rises (see the module doc's "Read errors" and
+    /// [`crate::repair`]).
+    ///
+    /// A writable raid4/5/6 array that is degraded, or whose read met a
+    /// member error, reads row by row under the rows' stripe locks (see
+    /// `StripeCache::with_row`): rebuilt data is never torn by a
+    /// concurrent write of the same row, and a row's repair is not
+    /// interleaved with a write of it.
+    ///
+    /// Called under: no lock.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        if self.missing() > 0 && self.personality.parity_shape().is_some() && self.writable() {
-            crate::personality::check_range(offset, buf.len(), self.size())?;
+        crate::personality::check_range(offset, buf.len(), self.size())?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let writable = self.writable();
+        let repair = Repair {
+            personality: self.personality.as_ref(),
+            slots: &self.slots,
+            health: &self.health,
+            rewrite: writable,
+        };
+        if writable && self.personality.parity_shape().is_some() {
+            // Healthy: no lock unless a member read fails.
+            let mut seed = Vec::new();
+            if self.missing() == 0 {
+                let reader = Excluding::new(&self.slots, &[]);
+                let r = self.personality.read(&reader, offset, buf);
+                seed = reader.into_failures();
+                match r {
+                    Ok(()) if seed.is_empty() => return Ok(()),
+                    Err(e) if seed.is_empty() => return Err(read_error(e)),
+                    _ => {}
+                }
+            }
             let writer = self.writer();
             if let Some(stripes) = &writer.stripes {
-                return stripes.read_rows(&self.ctx(writer), offset, buf);
+                return self.read_rows_repairing(&repair, stripes, offset, buf, &seed);
             }
         }
-        self.personality.read(self.slots.as_ref(), offset, buf)
+        let failures = repair.read_recovering(offset, buf, Vec::new())?;
+        if !failures.is_empty() {
+            let mut tally = Tally::default();
+            if self.personality.parity_shape().is_some() {
+                // Read-only parity array: count, never rewrite.
+                for f in &failures {
+                    repair.note(&mut tally, f.slot);
+                }
+            } else {
+                repair.repair_mirrors(offset, buf, &failures, &mut tally);
+            }
+        }
+        Ok(())
+    }
+
+    /// A writable raid4/5/6 array's read, row by row, each row's read,
+    /// retries and repair under its stripe lock. `seed`: member reads
+    /// already found failing (an unlocked first try); their slots are left
+    /// out of the rows they touch and repaired there.
+    ///
+    /// Called under: no lock.
+    fn read_rows_repairing(
+        &self,
+        repair: &Repair<'_>,
+        stripes: &StripeCache,
+        offset: u64,
+        buf: &mut [u8],
+        seed: &[Failure],
+    ) -> io::Result<()> {
+        let Some(shape) = self.personality.parity_shape() else {
+            return Err(io::Error::other("read_rows_repairing on a level without parity"));
+        };
+        let sb = shape.stripe_bytes();
+        let chunk = shape.chunk_bytes;
+        let end = offset + buf.len() as u64;
+        let mut tally = Tally::default();
+        let mut map = StripeMap::default();
+        let mut pos = offset;
+        while pos < end {
+            let stripe = pos / sb;
+            let row_end = end.min((stripe + 1) * sb);
+            let part = &mut buf[(pos - offset) as usize..(row_end - offset) as usize];
+            let (lo, hi) = (stripe * chunk, (stripe + 1) * chunk);
+            let row_seed: Vec<Failure> = seed.iter().filter(|f| f.clip(lo, hi).is_some()).copied().collect();
+            stripes.with_row(stripe, || -> io::Result<()> {
+                let failures = repair.read_recovering(pos, part, row_seed)?;
+                if failures.is_empty() {
+                    return Ok(());
+                }
+                if !self.personality.stripe_map(stripe, &mut map) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("stripe row {stripe} is past the end of the array"),
+                    ));
+                }
+                if let Some((a, b)) = repair.repair_row(&shape, &map, stripe, &failures, &mut tally) {
+                    stripes.forget_columns(stripe, a, b);
+                }
+                Ok(())
+            })?;
+            pos = row_end;
+        }
+        Ok(())
     }
 
     fn ctx<'a>(&'a self, writer: &'a Writer) -> Ctx<'a> {
@@ -512,5 +653,16 @@ impl Array {
     /// A good size for large sequential reads.
     pub fn io_hint(&self) -> u64 {
         self.personality.io_hint().max(4096)
+    }
+}
+
+/// What a read that failed with no member read failing returns: range
+/// errors (`InvalidInput`) as they are, anything else (data no member in
+/// service holds) as `EIO`.
+fn read_error(e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::InvalidInput {
+        e
+    } else {
+        eio()
     }
 }

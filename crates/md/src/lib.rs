@@ -31,6 +31,7 @@
 //!   slots, refusal of unsupported features).
 //! * [`personality`]: the layouts of every level and degraded reads.
 //! * [`array`]: the assembled array: reads, and writes routed by level.
+//! * [`repair`]: md's read-error handling: answer from redundancy, rewrite, count, fail.
 //! * [`stripe`]: the raid4/5/6 stripe cache (a `pagecache` address space
 //!   over member space) and md's full-stripe / read-modify-write /
 //!   reconstruct-write / degraded write paths.
@@ -44,6 +45,7 @@ pub mod create;
 pub mod examine;
 pub mod fanout;
 pub mod personality;
+pub mod repair;
 pub mod state;
 pub mod stripe;
 pub mod superblock;

@@ -28,9 +28,12 @@
 //! same bytes, and marked not up to date when a write bypasses them or
 //! fails. Nothing here is ever dirty. Array reads do not use the cache;
 //! they read the members, which hold the same bytes. Reads of a writable
-//! degraded array take each row's stripe lock ([`StripeCache::read_rows`]),
-//! so that a block rebuilt from the others never mixes a row's old and new
-//! blocks.
+//! degraded array take each row's stripe lock ([`StripeCache::read_rows`],
+//! or `StripeCache::with_row` from `Array::read_at`), so that a block
+//! rebuilt from the others never mixes a row's old and new blocks; so do
+//! reads of a writable array that met a member read error, across the
+//! read and the rewrite of the member ([`crate::repair`]), and a rewritten
+//! row's folios are dropped.
 //!
 //! ## Synchronization model
 //! Lock order: a **stripe lock** (hashed by row, [`STRIPE_LOCKS`] of them;
@@ -344,6 +347,26 @@ impl StripeCache {
             pos = row_end;
         }
         Ok(())
+    }
+
+    /// Runs `f` holding stripe row `stripe`'s lock (the read-error repair
+    /// of [`crate::repair`]: a row's read and rewrite are not interleaved
+    /// with a write of the row).
+    ///
+    /// Called under: no lock.
+    pub(crate) fn with_row<R>(&self, stripe: u64, f: impl FnOnce() -> R) -> R {
+        let _row =
+            self.locks[(stripe % STRIPE_LOCKS as u64) as usize].lock().unwrap_or_else(|p| p.into_inner());
+        f()
+    }
+
+    /// Drops what the cache holds of row `stripe`'s chunk columns
+    /// `[lo, hi)` on every member (a member was rewritten underneath).
+    ///
+    /// Called under: the row's stripe lock (inside [`Self::with_row`]), no
+    /// folio lock.
+    pub(crate) fn forget_columns(&self, stripe: u64, lo: u64, hi: u64) {
+        self.forget(stripe, lo, hi);
     }
 
     /// The cache index of `slot`'s member byte `offset`.
@@ -697,7 +720,7 @@ impl StripeCache {
 
 /// P (and for raid6 Q) of a row's data blocks `srcs` (data order), all
 /// as long as `p`; `q` is not touched for raid4/5.
-fn gen_parity(shape: &ParityShape, map: &StripeMap, srcs: &[&[u8]], p: &mut [u8], q: &mut [u8]) {
+pub(crate) fn gen_parity(shape: &ParityShape, map: &StripeMap, srcs: &[&[u8]], p: &mut [u8], q: &mut [u8]) {
     if shape.raid6 {
         let mut by_pos: Vec<Option<&[u8]>> = vec![None; shape.syndrome_disks];
         for (k, s) in srcs.iter().enumerate() {

@@ -31,7 +31,7 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -114,8 +114,6 @@ pub struct MdState {
     /// `array_state`, `safe_mode_delay` and the write handshake.
     pub machine: Arc<StateMachine>,
     sync_frozen: AtomicBool,
-    /// Per slot: read errors corrected or seen (`dev-*/errors`).
-    errors: Vec<AtomicU32>,
     /// `array_state` shows text that is no md word (see
     /// [`MdSysfs::garble_array_state`]).
     garbled: AtomicBool,
@@ -195,7 +193,12 @@ impl MdSysfs {
 type Members = Mutex<Vec<Option<(NodeRef, NodeRef)>>>;
 
 /// Removes `slot`'s `dev-NAME` directory and `rdN` link.
-fn remove_member_dir(fs: &Arc<Kernfs>, md_dir: &NodeRef, members: &Members, slot: usize) -> Result<(), Errno> {
+fn remove_member_dir(
+    fs: &Arc<Kernfs>,
+    md_dir: &NodeRef,
+    members: &Members,
+    slot: usize,
+) -> Result<(), Errno> {
     let taken = {
         let mut m = members.lock().map_err(|_| libc::EIO)?;
         m.get_mut(slot).and_then(Option::take)
@@ -248,11 +251,9 @@ impl ArrayEvents for TreeEvents {
         // that asked is still running inside that directory, and removal
         // waits for it.
         let (fs, md_dir, members) = (self.fs.clone(), self.md_dir.clone(), self.members.clone());
-        let spawned = std::thread::Builder::new()
-            .name("umd-md-remove".into())
-            .spawn(move || {
-                let _ = remove_member_dir(&fs, &md_dir, &members, slot);
-            });
+        let spawned = std::thread::Builder::new().name("umd-md-remove".into()).spawn(move || {
+            let _ = remove_member_dir(&fs, &md_dir, &members, slot);
+        });
         if spawned.is_err() {
             // No thread: the directory stays (its `state` reads the flags,
             // which say removed); nothing else depends on it.
@@ -304,7 +305,7 @@ fn store_dev_state(health: &Health, slot: usize, data: &[u8]) -> Result<usize, E
     match w {
         // md_error; md answers EBUSY when the member could not be failed.
         b"faulty" => {
-            if health.fail(slot, false) {
+            if health.fail_request(slot) {
                 Ok(data.len())
             } else {
                 Err(libc::EBUSY)
@@ -450,7 +451,6 @@ pub fn publish(fs: &Arc<Kernfs>, parent: &NodeRef, array: &Array, readonly: bool
         machine: machine.clone(),
         sync_frozen: AtomicBool::new(false),
         garbled: AtomicBool::new(false),
-        errors: (0..raid_disks).map(|_| AtomicU32::new(0)).collect(),
     });
     let md = fs.create_dir(parent, "md", 0o755)?;
     // Prealloc attributes take their write buffer at open: a store
@@ -784,21 +784,22 @@ pub fn publish(fs: &Arc<Kernfs>, parent: &NodeRef, array: &Array, readonly: bool
                 store: busy_number,
             })),
         )?;
-        let st = state.clone();
-        let st2 = state.clone();
+        // The member's corrected read errors (`SlotMember::read_errors`).
+        let (sl, sl2) = (Arc::clone(&array.slots), Arc::clone(&array.slots));
         fs.create_attr(
             &dir,
             "errors",
             RW,
             plain(Arc::new(FnAttr {
                 show: move |out: &mut ShowBuf| {
-                    let e = st.errors.get(slot).map_or(0, |e| e.load(Ordering::Relaxed));
+                    let m = sl.0.get(slot).and_then(Option::as_ref);
+                    let e = m.map_or(0, |m| m.read_errors.load(Ordering::Relaxed));
                     line(out, format_args!("{e}"))
                 },
                 store: move |data: &[u8]| {
                     let v = u32::try_from(parse_u64(data)?).map_err(|_| libc::EINVAL)?;
-                    if let Some(e) = st2.errors.get(slot) {
-                        e.store(v, Ordering::Relaxed);
+                    if let Some(m) = sl2.0.get(slot).and_then(Option::as_ref) {
+                        m.read_errors.store(v, Ordering::Relaxed);
                     }
                     Ok(data.len())
                 },
@@ -850,15 +851,7 @@ pub fn publish(fs: &Arc<Kernfs>, parent: &NodeRef, array: &Array, readonly: bool
         !readonly,
     );
     fs.activate(&md);
-    Ok(MdSysfs {
-        fs: fs.clone(),
-        md_dir: md,
-        array_state,
-        sync_action,
-        members,
-        state,
-        _timer: timer,
-    })
+    Ok(MdSysfs { fs: fs.clone(), md_dir: md, array_state, sync_action, members, state, _timer: timer })
 }
 
 #[cfg(test)]

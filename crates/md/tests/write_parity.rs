@@ -791,14 +791,16 @@ fn dirty_rows_get_parity_from_data() {
     }
 }
 
-/// Member I/O errors under a write: a failed member write fails the call;
-/// a failed member read either fails the call or leaves parity right.
-/// Rows of a failed call are then rewritten whole; every other row must
-/// have stayed consistent, and later partial writes to the rewritten rows
-/// (through whatever the cache kept) leave their parity right.
+/// A member whose writes fail is failed (md's `md_error`): the write that
+/// hit the error, and every later one, completes without it; parity stays
+/// right for the members in service and every byte reads back rebuilt. A
+/// failure the level cannot survive fails the write instead and keeps the
+/// member. Reads failing on another member while degraded: a write either
+/// fails or is right.
 #[test]
-fn member_io_errors_fail_the_write_not_the_parity() {
+fn member_write_errors_fail_the_member_not_the_data() {
     use blockio::fault::{Faults, Ops, Rule, Trigger};
+    use md::array::flags;
     use std::sync::Arc;
 
     for (level, disks) in [(Level::Raid5, 5), (Level::Raid6, 6)] {
@@ -807,39 +809,49 @@ fn member_io_errors_fail_the_write_not_the_parity() {
         let tag = format!("ioerr-{level}");
         let (_dir, paths, mut model) = build(&tag, &spec);
         let victim = 2;
-        let faults = Arc::new(Faults::new(9));
+        let faults: Vec<Arc<Faults>> = (0..disks).map(|k| Arc::new(Faults::new(9 + k as u64))).collect();
         let opts = AssembleOptions {
-            faults: vec![(Some(paths[victim].clone()), Arc::clone(&faults))],
+            faults: paths.iter().cloned().map(Some).zip(faults.iter().cloned()).collect(),
             ..Default::default()
         };
         let asm = assemble_writable(&paths, &opts).unwrap();
         let array = &asm.array;
         let pers: &dyn Personality = &*array.personality;
-        let map = member_map(array);
+        let mut map = member_map(array);
         let data_disks = disks - max_degraded(level);
         let stripe = chunk * data_disks as u64;
         let rows = array.size() / stripe;
         let mut rng = Rng::new(disks as u64 + 500);
         // Warm the cache.
         random_writes(array, &mut model, &mut rng, 30, chunk, stripe, 0, &tag);
-        let mut undefined: Vec<u64> = Vec::new();
 
-        // Writes to the victim fail.
-        faults.add_rule(Rule::new(Ops::Write, Trigger::Always));
+        // Writes to the victim fail: it is failed, the writes complete.
+        faults[victim].add_rule(Rule::new(Ops::Write, Trigger::Always));
         let lay_row = |r: u64| pers.syndrome_layout(r * chunk).unwrap();
         let full_row = rng.below(rows);
-        let e = array.write_at(full_row * stripe, &rng.bytes(stripe as usize));
-        assert!(e.is_err(), "{tag}: full-row write with a failing member succeeded");
-        undefined.push(full_row);
-        // A partial write whose data chunk is on the victim, and one where
-        // the victim holds P.
+        let data = rng.bytes(stripe as usize);
+        array.write_at(full_row * stripe, &data).unwrap_or_else(|e| panic!("{tag}: full-row write: {e}"));
+        model[(full_row * stripe) as usize..((full_row + 1) * stripe) as usize].copy_from_slice(&data);
+        let f = array.health().flags(victim).unwrap();
+        assert_eq!(
+            f & (flags::FAULTY | flags::WRITE_ERROR),
+            flags::FAULTY | flags::WRITE_ERROR,
+            "{tag}: flags {f:#x}"
+        );
+        assert_eq!(array.missing(), 1, "{tag}: degraded after the failure");
+        map[victim] = None;
+        // Partial writes whose data chunk is on the victim, and where it
+        // holds P: degraded writes now.
         for want_p in [false, true] {
             let r = (0..rows)
                 .map(|i| (full_row + 1 + i) % rows)
                 .find(|&r| {
                     let lay = lay_row(r);
-                    !undefined.contains(&r)
-                        && if want_p { lay.p == victim } else { lay.data.contains(&Some(victim)) }
+                    if want_p {
+                        lay.p == victim
+                    } else {
+                        lay.data.contains(&Some(victim))
+                    }
                 })
                 .unwrap();
             let k = if want_p {
@@ -850,14 +862,51 @@ fn member_io_errors_fail_the_write_not_the_parity() {
                     .unwrap() as u64
             };
             let off = r * stripe + k * chunk + 1000;
-            let e = array.write_at(off, &rng.bytes(3000));
-            assert!(e.is_err(), "{tag}: write at {off} (row {r}, victim holds P: {want_p}) succeeded");
-            undefined.push(r);
+            let data = rng.bytes(3000);
+            array.write_at(off, &data).unwrap_or_else(|e| panic!("{tag}: write at {off}: {e}"));
+            model[off as usize..off as usize + data.len()].copy_from_slice(&data);
         }
-        faults.clear_rules();
+        random_writes(array, &mut model, &mut rng, 30, chunk, stripe, 0, &tag);
+        array.flush().unwrap();
+        check_model(array, &model, &format!("{tag}: after the failure"));
+        check_parity(pers, &map, &model, None, &format!("{tag}: members in service"));
 
-        // Reads from the victim fail: either the write fails, or it is right.
-        faults.add_rule(Rule::new(Ops::Read, Trigger::Always));
+        // raid6: a second failure is survived too.
+        let mut gone = vec![victim];
+        if level == Level::Raid6 {
+            let second = 4;
+            faults[second].add_rule(Rule::new(Ops::Write, Trigger::Always));
+            let data = rng.bytes(stripe as usize);
+            array
+                .write_at(0, &data)
+                .unwrap_or_else(|e| panic!("{tag}: write with a second failing member: {e}"));
+            model[..stripe as usize].copy_from_slice(&data);
+            assert_ne!(
+                array.health().flags(second).unwrap() & flags::FAULTY,
+                0,
+                "{tag}: second member failed"
+            );
+            map[second] = None;
+            gone.push(second);
+            check_model(array, &model, &format!("{tag}: after the second failure"));
+        }
+        // One more failure than the level survives: the write fails, the
+        // member stays.
+        let last = 0;
+        faults[last].add_rule(Rule::new(Ops::Write, Trigger::Always));
+        let e = array.write_at(stripe, &rng.bytes(stripe as usize));
+        assert!(e.is_err(), "{tag}: a write the array cannot survive succeeded");
+        assert_eq!(
+            array.health().flags(last).unwrap() & flags::FAULTY,
+            0,
+            "{tag}: the last member was failed"
+        );
+        faults[last].clear_rules();
+        let mut undefined: Vec<u64> = vec![1];
+
+        // Reads from a member in service fail: either the write fails, or
+        // it is right.
+        faults[1].add_rule(Rule::new(Ops::Read, Trigger::Always));
         for _ in 0..10 {
             let r = rng.below(rows);
             let off = r * stripe + rng.below(stripe - 5000);
@@ -868,7 +917,7 @@ fn member_io_errors_fail_the_write_not_the_parity() {
                 Err(_) => undefined.extend(rows_of(off, data.len() as u64, stripe)),
             }
         }
-        faults.clear_rules();
+        faults[1].clear_rules();
         undefined.sort_unstable();
         undefined.dedup();
         array.flush().unwrap();
@@ -893,7 +942,7 @@ fn member_io_errors_fail_the_write_not_the_parity() {
         check_model(array, &model, &tag);
         check_parity(pers, &map, &model, None, &format!("{tag}: after rewrites"));
         drop(asm);
-        check_degraded_reads(&tag, level, &paths, &model, &[]);
+        check_degraded_reads(&tag, level, &paths, &model, &gone);
     }
 }
 
@@ -1033,8 +1082,8 @@ fn too_many_missing_refuses_writes() {
         // An array put together by hand from a whole assembly with the
         // members taken out: `write_at` itself refuses.
         let whole = assemble_writable(&paths, &AssembleOptions::default()).unwrap().array;
-        let (sb, pers) = (whole.sb.clone(), whole.personality);
-        let mut slots = std::sync::Arc::try_unwrap(whole.slots).expect("slots not shared before any write");
+        let (sb, pers, slots) = whole.into_parts();
+        let mut slots = slots.expect("slots not shared before any write");
         for &g in &gone {
             slots.0[g] = None;
         }
