@@ -40,7 +40,7 @@
 
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use blockio::{Access, Member};
 
@@ -49,6 +49,7 @@ use crate::personality::{MemberRead, Personality, StripeMap, WritePiece};
 use crate::repair::{eio, Excluding, Failure, Repair, Tally};
 use crate::stripe::{Ctx, StripeCache, StripeCounts};
 use crate::superblock::Superblock;
+use crate::sync::SyncCtl;
 
 /// A member placed in its slot.
 #[derive(Debug)]
@@ -348,6 +349,8 @@ pub struct Array {
     pub slots: Arc<Slots>,
     /// Member failures.
     health: Arc<Health>,
+    /// Resync, check, repair (md's sync thread's state).
+    sync: Arc<SyncCtl>,
     /// The write side, made at the first write.
     writer: OnceLock<Writer>,
 }
@@ -358,7 +361,14 @@ pub struct Array {
 struct Writer {
     pool: WritePool,
     stripes: Option<StripeCache>,
+    /// Mirror levels: write-window locks ([`crate::sync::MIRROR_WINDOW`]
+    /// of the array each, hashed): writes take the windows they touch
+    /// shared, a sync step takes its window exclusively.
+    windows: Box<[RwLock<()>]>,
 }
+
+/// Write-window locks of a mirror array.
+const WINDOW_LOCKS: usize = 256;
 
 impl Array {
     /// An array of `slots` laid out by `personality`.
@@ -371,17 +381,41 @@ impl Array {
             lock: Mutex::new(()),
             events: OnceLock::new(),
         });
-        Array { sb, personality, slots, health, writer: OnceLock::new() }
+        let sync = Arc::new(SyncCtl::new(sb.resync_offset));
+        Array { sb, personality, slots, health, sync, writer: OnceLock::new() }
     }
 
     /// Takes the array apart: its superblock, its personality, and its
     /// members (`None` if something still shares them, e.g. an attribute
     /// tree published for the array).
     pub fn into_parts(self) -> (Superblock, Arc<dyn Personality>, Option<Slots>) {
-        let Array { sb, personality, slots, health, writer } = self;
+        let Array { sb, personality, slots, health, sync, writer } = self;
+        drop(sync);
         drop(writer);
         drop(health);
         (sb, personality, Arc::try_unwrap(slots).ok())
+    }
+
+    /// The sync state (shared with the attribute tree and the sync thread).
+    pub fn sync_ctl(&self) -> &Arc<SyncCtl> {
+        &self.sync
+    }
+
+    /// The stripe cache (parity levels).
+    pub(crate) fn stripe_cache(&self) -> Option<&StripeCache> {
+        self.writer().stripes.as_ref()
+    }
+
+    /// Runs `f` holding the write window of array byte `offset`
+    /// exclusively (mirror levels): no write of that window runs
+    /// meanwhile.
+    ///
+    /// Called under: no lock.
+    pub(crate) fn with_mirror_window<R>(&self, offset: u64, f: impl FnOnce() -> R) -> R {
+        let w = self.writer();
+        let i = (offset / crate::sync::MIRROR_WINDOW) as usize % WINDOW_LOCKS;
+        let _g = w.windows[i].write().unwrap_or_else(|p| p.into_inner());
+        f()
     }
 
     /// The member-failure state (shared with the attribute tree).
@@ -396,6 +430,7 @@ impl Array {
             Writer {
                 pool: WritePool::new(members.saturating_sub(1).min(cpus)),
                 stripes: StripeCache::new(self.personality.as_ref(), Arc::clone(&self.slots)),
+                windows: (0..WINDOW_LOCKS).map(|_| RwLock::new(())).collect(),
             }
         })
     }
@@ -440,6 +475,7 @@ impl Array {
     ///
     /// Called under: no lock.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.sync.note_io();
         crate::personality::check_range(offset, buf.len(), self.size())?;
         if buf.is_empty() {
             return Ok(());
@@ -539,7 +575,7 @@ impl Array {
             personality: self.personality.as_ref(),
             slots: &self.slots,
             pool: &writer.pool,
-            resync_from: self.sb.resync_offset,
+            resync_from: self.sync.resync_cp(),
             health: &self.health,
         }
     }
@@ -580,6 +616,7 @@ impl Array {
             return Ok(());
         }
         self.check_readable()?;
+        self.sync.note_io();
         let writer = self.writer();
         let r = self.write_members(writer, offset, data);
         // Nothing is acknowledged while a failure is not yet recorded.
@@ -627,6 +664,16 @@ impl Array {
             })
             .collect();
         jobs.sort_unstable_by_key(|j| (j.slot, j.offset));
+        // The write windows it touches, shared, in lock order (a sync
+        // step holds one exclusively, and no other).
+        let w = crate::sync::MIRROR_WINDOW;
+        let (first, last) = (offset / w, (offset + data.len() as u64 - 1) / w);
+        let mut idx: Vec<usize> =
+            (first..=last.min(first + WINDOW_LOCKS as u64 - 1)).map(|k| k as usize % WINDOW_LOCKS).collect();
+        idx.sort_unstable();
+        idx.dedup();
+        let _held: Vec<_> =
+            idx.iter().map(|&i| writer.windows[i].read().unwrap_or_else(|p| p.into_inner())).collect();
         writer.pool.write_all(&self.slots, &jobs, &|slot, e| self.health.absorb(slot, e))
     }
 

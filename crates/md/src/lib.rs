@@ -36,6 +36,7 @@
 //!   over member space) and md's full-stripe / read-modify-write /
 //!   reconstruct-write / degraded write paths.
 //! * [`fanout`]: member writes of one array write, in parallel.
+//! * [`sync`]: md's sync thread: resync, check, repair (`sync_action`).
 //! * [`state`]: md's `array_state` machine and the write-pending/active/clean
 //!   handshake with an external metadata manager.
 
@@ -49,6 +50,7 @@ pub mod repair;
 pub mod state;
 pub mod stripe;
 pub mod superblock;
+pub mod sync;
 pub mod synth;
 pub mod sysfs;
 

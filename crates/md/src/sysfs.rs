@@ -32,7 +32,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kernfs::{Attr, AttrOps, Errno, Kernfs, NodeRef, ShowBuf};
@@ -113,7 +113,6 @@ impl ArrayState {
 pub struct MdState {
     /// `array_state`, `safe_mode_delay` and the write handshake.
     pub machine: Arc<StateMachine>,
-    sync_frozen: AtomicBool,
     /// `array_state` shows text that is no md word (see
     /// [`MdSysfs::garble_array_state`]).
     garbled: AtomicBool,
@@ -447,11 +446,7 @@ pub fn publish(fs: &Arc<Kernfs>, parent: &NodeRef, array: &Array, readonly: bool
     let geom = array.personality.geometry().clone();
     let raid_disks = geom.raid_disks as usize;
     let machine = Arc::new(StateMachine::new(!readonly, Duration::from_millis(200)));
-    let state = Arc::new(MdState {
-        machine: machine.clone(),
-        sync_frozen: AtomicBool::new(false),
-        garbled: AtomicBool::new(false),
-    });
+    let state = Arc::new(MdState { machine: machine.clone(), garbled: AtomicBool::new(false) });
     let md = fs.create_dir(parent, "md", 0o755)?;
     // Prealloc attributes take their write buffer at open: a store
     // allocates nothing (seed 000).
@@ -468,13 +463,6 @@ pub fn publish(fs: &Arc<Kernfs>, parent: &NodeRef, array: &Array, readonly: bool
         atomic_write_len: kernfs::PAGE_SIZE,
         seq: false,
         notify: false,
-    };
-    let ro_value = |fs: &Arc<Kernfs>, dir: &NodeRef, name: &str, v: String| -> Result<NodeRef, Errno> {
-        let ops = Arc::new(FnAttr {
-            show: move |out: &mut ShowBuf| line(out, format_args!("{v}")),
-            store: no_store,
-        });
-        fs.create_attr(dir, name, RO, plain(ops))
     };
 
     // array_state: prealloc, notifies.
@@ -623,7 +611,7 @@ pub fn publish(fs: &Arc<Kernfs>, parent: &NodeRef, array: &Array, readonly: bool
             },
         })),
     )?;
-    let resync_offset = sb.resync_offset;
+    let sync = array.sync_ctl().clone();
     let resync_store = |data: &[u8]| -> Result<usize, Errno> {
         if word(data) == b"none" {
             return Err(libc::EBUSY);
@@ -635,12 +623,9 @@ pub fn publish(fs: &Arc<Kernfs>, parent: &NodeRef, array: &Array, readonly: bool
         "resync_start",
         RW,
         pre(Arc::new(FnAttr {
-            show: move |out: &mut ShowBuf| {
-                if resync_offset == u64::MAX {
-                    line(out, format_args!("none"))
-                } else {
-                    line(out, format_args!("{resync_offset}"))
-                }
+            show: move |out: &mut ShowBuf| match sync.resync_cp() {
+                u64::MAX => line(out, format_args!("none")),
+                cp => line(out, format_args!("{cp}")),
             },
             store: resync_store,
         })),
@@ -673,42 +658,100 @@ pub fn publish(fs: &Arc<Kernfs>, parent: &NodeRef, array: &Array, readonly: bool
     let mut sync_action = None;
     let mut degraded = None;
     if geom.level != Level::Raid0 {
-        let st = state.clone();
-        let st2 = state.clone();
-        let node_slot: Arc<OnceLock<NodeRef>> = Arc::new(OnceLock::new());
-        let slot2 = node_slot.clone();
+        let (sync, sync2) = (array.sync_ctl().clone(), array.sync_ctl().clone());
         let node = fs.create_attr(
             &md,
             "sync_action",
             RW,
             pre(Arc::new(FnAttr {
-                show: move |out: &mut ShowBuf| {
-                    let w = if st.sync_frozen.load(Ordering::Acquire) { "frozen" } else { "idle" };
-                    line(out, format_args!("{w}"))
-                },
+                show: move |out: &mut ShowBuf| line(out, format_args!("{}", sync.action().word())),
                 store: move |data: &[u8]| {
-                    let changed = match word(data) {
-                        b"frozen" => !st2.sync_frozen.swap(true, Ordering::AcqRel),
-                        b"idle" => st2.sync_frozen.swap(false, Ordering::AcqRel),
-                        // A read-only array cannot be resynced or repaired.
-                        b"resync" | b"recover" | b"check" | b"repair" | b"reshape" => {
-                            return Err(libc::EROFS)
-                        }
-                        _ => return Err(libc::EINVAL),
-                    };
-                    if changed {
-                        if let Some(n) = slot2.get() {
-                            n.notify();
-                        }
+                    let w = word(data);
+                    // A read-only array cannot be resynced or repaired.
+                    if readonly && matches!(w, b"resync" | b"recover" | b"check" | b"repair" | b"reshape") {
+                        return Err(libc::EROFS);
                     }
-                    Ok(data.len())
+                    sync2.store_action(w).map(|()| data.len())
                 },
             })),
         )?;
-        let _ = node_slot.set(node.clone());
-        sync_action = Some(node);
-        ro_value(fs, &md, "sync_completed", "none".into())?;
-        ro_value(fs, &md, "mismatch_cnt", "0".into())?;
+        sync_action = Some(node.clone());
+        let sync = array.sync_ctl().clone();
+        let completed = fs.create_attr(
+            &md,
+            "sync_completed",
+            RO,
+            Attr {
+                ops: Arc::new(FnAttr {
+                    show: move |out: &mut ShowBuf| match sync.completed() {
+                        Some((done, total)) => line(out, format_args!("{done} / {total}")),
+                        None => line(out, format_args!("none")),
+                    },
+                    store: no_store,
+                }),
+                prealloc: false,
+                atomic_write_len: kernfs::PAGE_SIZE,
+                seq: false,
+                notify: true,
+            },
+        )?;
+        let (n1, n2) = (node.clone(), completed.clone());
+        array.sync_ctl().set_notify(move |c| match c {
+            crate::sync::Changed::Action => n1.notify(),
+            crate::sync::Changed::Completed => n2.notify(),
+        });
+        let sync = array.sync_ctl().clone();
+        fs.create_attr(
+            &md,
+            "mismatch_cnt",
+            RO,
+            plain(Arc::new(FnAttr {
+                show: move |out: &mut ShowBuf| line(out, format_args!("{}", sync.mismatches())),
+                store: no_store,
+            })),
+        )?;
+        let sync = array.sync_ctl().clone();
+        fs.create_attr(
+            &md,
+            "sync_speed",
+            RO,
+            plain(Arc::new(FnAttr {
+                show: move |out: &mut ShowBuf| match sync.speed() {
+                    Some(v) => line(out, format_args!("{v}")),
+                    None => line(out, format_args!("none")),
+                },
+                store: no_store,
+            })),
+        )?;
+        for (name, max) in [("sync_speed_min", false), ("sync_speed_max", true)] {
+            let (sync, sync2) = (array.sync_ctl().clone(), array.sync_ctl().clone());
+            fs.create_attr(
+                &md,
+                name,
+                RW,
+                plain(Arc::new(FnAttr {
+                    show: move |out: &mut ShowBuf| {
+                        let (min, maxv) = sync.speed_limits();
+                        let (v, system) = if max { maxv } else { min };
+                        line(out, format_args!("{v} ({})", if system { "system" } else { "local" }))
+                    },
+                    // md: a number of KiB/s, or "system" (0 too) for the
+                    // default.
+                    store: move |data: &[u8]| {
+                        let v = if word(data) == b"system" {
+                            None
+                        } else {
+                            match u32::try_from(parse_u64(data)?).map_err(|_| libc::EINVAL)? {
+                                0 => None,
+                                v => Some(v),
+                            }
+                        };
+                        sync2.set_speed_limit(max, v);
+                        Ok(data.len())
+                    },
+                })),
+            )?;
+        }
         let h = array.health().clone();
         degraded = Some(fs.create_attr(
             &md,

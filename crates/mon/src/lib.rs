@@ -367,6 +367,8 @@ pub struct Monitor {
     mount_dev: u64,
     events: u64,
     dirty: bool,
+    /// The `resync_offset` the clean superblocks on disk hold.
+    recorded: u64,
     shared: Arc<Shared>,
 }
 
@@ -477,6 +479,7 @@ impl Monitor {
         let mut uuid = None;
         let mut events = 0u64;
         let mut dirty = false;
+        let mut recorded = superblock::MAX_SECTOR;
         for (slot, name, path) in &found {
             let (entry, f) = MemberEntry::open(&md, name, *slot, path)?;
             if *uuid.get_or_insert(f.sb.set_uuid) != f.sb.set_uuid {
@@ -493,7 +496,8 @@ impl Monitor {
                 return err(format!("{}: two members in slot {slot}", md.display()));
             }
             events = events.max(f.sb.events);
-            dirty |= f.sb.resync_offset != superblock::MAX_SECTOR;
+            dirty |= f.sb.resync_offset == 0;
+            recorded = recorded.min(f.sb.resync_offset);
             members[*slot] = Some(Box::new(entry));
         }
         let mut pollfds = Vec::with_capacity(2 + sync_attrs.len() + raid_disks);
@@ -525,6 +529,7 @@ impl Monitor {
             mount_dev,
             events,
             dirty,
+            recorded,
             shared,
         })
     }
@@ -621,6 +626,7 @@ impl Monitor {
         match self.write_superblocks(point) {
             Ok(()) => {
                 self.set_dirty(false);
+                self.recorded = point;
                 self.stats().cleans.fetch_add(1, Ordering::Relaxed);
                 true
             }
@@ -854,8 +860,15 @@ impl Monitor {
                 },
                 // In sync with no writes in flight (a writer would wait for
                 // us in write-pending): superblocks left dirty by a failed
-                // write or an earlier monitor are made clean.
-                Some(ArrayState::Clean) if self.dirty && !self.mark_clean() => retry = true,
+                // write or an earlier monitor are made clean; a resync
+                // checkpoint that moved is recorded (md writes the
+                // superblock at each checkpoint).
+                Some(ArrayState::Clean)
+                    if (self.dirty || self.resync_point().is_some_and(|p| p != self.recorded))
+                        && !self.mark_clean() =>
+                {
+                    retry = true
+                }
                 Some(ArrayState::Inactive | ArrayState::Clear) => {
                     // md stops an array only with no writes in flight.
                     if self.dirty {

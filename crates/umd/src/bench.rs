@@ -279,7 +279,7 @@ fn fuse_attr_bench(quick: bool, dir: Option<PathBuf>) -> Result<FuseFigures, Cli
     std::fs::create_dir_all(&mnt).map_err(|e| CliError(format!("{}: {e}", mnt.display())))?;
     let mount = export::mount(
         &mnt,
-        Arc::new(crate::mount::ArrayAdapter { array: asm.array, state: None }),
+        Arc::new(crate::mount::ArrayAdapter { array: Arc::new(asm.array), state: None }),
         export::MountOptions {
             threads: 2,
             read_only: true,

@@ -100,7 +100,7 @@ pub fn run(o: Options) -> CmdResult {
         plan.data_offset,
         plan.dev_sectors / 2,
         plan.array_bytes / 1024,
-        if plan.clean { "clean" } else { "needs resync (not done yet: umd reads it as is)" }
+        if plan.clean { "clean" } else { "needs resync (done when it is first assembled read-write)" }
     );
     Ok(())
 }

@@ -122,10 +122,10 @@ enum Command {
     /// Create a new array (v1.2 metadata) on member devices or image files,
     /// as `mdadm --create` does. Image files that do not exist are created
     /// (sparse) when --size is given. Without --assume-clean the array is
-    /// marked as needing a resync, which umd does not do yet (a later
-    /// version will): --assume-clean is the only way to a clean array for
-    /// now. raid4/5 are not built degraded-plus-spare as mdadm does without
-    /// --force; they are marked for resync, as with `mdadm --create --force`.
+    /// marked as needing a resync, which runs when it is first assembled
+    /// read-write (`umd wait DIR` shows it). raid4/5 are not built
+    /// degraded-plus-spare as mdadm does without --force; they are resynced,
+    /// as with `mdadm --create --force`.
     #[command(alias = "C")]
     Create(create::Options),
     /// Print the grammar of fault specs (`--faults`, `--member-faults`).

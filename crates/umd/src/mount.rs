@@ -53,8 +53,8 @@ pub struct Options {
 
 /// The array as the FUSE layer sees it.
 pub struct ArrayAdapter {
-    /// The array.
-    pub array: Array,
+    /// The array (shared with its sync thread).
+    pub array: Arc<Array>,
     /// md's state machine of a writable array: every write is bracketed
     /// by its `write_start`/`write_end`. `None`: writes are refused (EROFS).
     pub state: Option<Arc<md::state::StateMachine>>,
@@ -618,7 +618,10 @@ fn serve(array: Array, degraded: bool, dir: &Path, o: &Options, ready_fd: Option
             return Err(CliError(msg));
         }
     };
-    let adapter = ArrayAdapter { array, state: (!o.readonly).then(|| sysfs.machine().clone()) };
+    let array = Arc::new(array);
+    let sync_ctl = array.sync_ctl().clone();
+    let adapter =
+        ArrayAdapter { array: array.clone(), state: (!o.readonly).then(|| sysfs.machine().clone()) };
     let (file, writable): (Arc<dyn export::ArrayFile>, _) = if o.readonly {
         (Arc::new(adapter), None)
     } else {
@@ -680,6 +683,30 @@ fn serve(array: Array, degraded: bool, dir: &Path, o: &Options, ready_fd: Option
             }
         }
     };
+    // md's sync thread (resync, check, repair), once the manager runs: a
+    // dirty array starts resyncing by itself, and the manager records its
+    // checkpoints.
+    let syncer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>> =
+        Arc::new(std::sync::Mutex::new(None));
+    if !o.readonly {
+        match md::sync::spawn(array.clone()) {
+            Ok(h) => *syncer.lock().unwrap_or_else(|p| p.into_inner()) = Some(h),
+            Err(e) => eprintln!("umd: warning: no sync thread ({e}): resync, check and repair will not run"),
+        }
+    }
+    drop(array);
+    let stop_sync = {
+        let syncer = syncer.clone();
+        let ctl = sync_ctl.clone();
+        move || {
+            ctl.shutdown();
+            let h = syncer.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(h) = h {
+                let _ = h.join();
+            }
+        }
+    };
+    let sig_stop_sync = stop_sync.clone();
     let unmounter = mount.unmounter();
     let machine = (!o.readonly).then(|| sysfs.machine().clone());
     let sig_mon = mon.clone();
@@ -691,6 +718,9 @@ fn serve(array: Array, degraded: bool, dir: &Path, o: &Options, ready_fd: Option
             // SAFETY: `sigset` is an initialised set; `sig` is a valid out pointer.
             let rc = unsafe { libc::sigwait(&sigset, &mut sig) };
             if rc == 0 {
+                // The sync thread stops first, its checkpoint final before
+                // the manager writes the superblocks clean.
+                sig_stop_sync();
                 if let Some(m) = &machine {
                     // md's stop: no new writes, the ones in flight finish,
                     // then the manager sees `inactive` and leaves the
@@ -727,6 +757,7 @@ fn serve(array: Array, degraded: bool, dir: &Path, o: &Options, ready_fd: Option
         let _ = io::stdout().flush();
     }
     let r = mount.wait();
+    stop_sync();
     // Every FUSE worker is gone: no write is in flight any more. A manager
     // still running (the mount went away under it) ends on its own.
     if let Some(mon) = &mon {

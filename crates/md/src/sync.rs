@@ -1,0 +1,587 @@
+//! md's sync thread (`md_do_sync`): resync, check and repair of an
+//! array's redundancy, driven by `md/sync_action`.
+//!
+//! ## Responsibility boundary
+//! [`SyncCtl`] is the array's sync state as md keeps it: the action asked
+//! for and the one running, `frozen`, progress (`sync_completed`), the
+//! mismatch count (`mismatch_cnt`), the speed limits (`sync_speed_min`,
+//! `sync_speed_max`) and the resync checkpoint (md's `recovery_cp`, shown
+//! as `resync_start`, recorded in the superblocks by the metadata manager).
+//! [`spawn`] runs the sync thread of one writable array: it waits for a
+//! request (a `sync_action` store, or by itself when the array is not in
+//! sync: md's `md_check_recovery`) and walks the array:
+//!
+//! * raid4/5/6, a stripe row at a time under the row's stripe lock: every
+//!   data chunk and P (and Q) read, P/Q computed from the data; `check`
+//!   counts the 4 KiB pages where they differ (in sectors, as md's
+//!   `mismatch_cnt`); `repair` counts and rewrites them; `resync` rewrites
+//!   them from the checkpoint on. The stripe cache forgets the row.
+//! * raid1/10, 64 KiB of the array at a time under its write-window lock
+//!   (writes of that window wait): every copy of every piece read, the
+//!   first copy in service is the reference; `check` counts the differing
+//!   pages, `repair` and `resync` write the reference over them.
+//!
+//! A resync advances the checkpoint every 1/16 of the array (and at least
+//! every 2 s), notifying `sync_completed` (the manager records it when the
+//! superblocks are clean); `idle`/`frozen`, or the array stopping,
+//! interrupts at a row boundary with the checkpoint kept, so the next run
+//! resumes. A member read or write that fails during a sync fails the
+//! member (md's `md_error`) and ends the run. Sync runs only on an array
+//! with every member in service (rebuilding missing members is recovery,
+//! which comes with spares).
+//!
+//! ## Synchronization model
+//! One leaf mutex + condvar for requests (`Ctl`); the shown values are
+//! atomics read lock-free by the attributes. The sync thread takes, per
+//! step, one stripe lock (parity) or one write-window lock (mirrors) — the
+//! same locks writers take, so a step and a write of the same rows never
+//! interleave — and never the request mutex while holding either.
+//!
+//! ## Allocation
+//! The thread allocates its row buffers once per run; a step makes only
+//! small vectors (the row's column list, a mirror window's pieces).
+
+use std::io;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::array::Array;
+use crate::personality::{MemberRead, StripeMap};
+use crate::superblock::MAX_SECTOR;
+
+/// md's `speed_limit_min` default (KiB/s).
+pub const SPEED_MIN_DEFAULT: u32 = 1000;
+/// md's `speed_limit_max` default (KiB/s).
+pub const SPEED_MAX_DEFAULT: u32 = 200_000;
+/// Bytes of the array a mirror step covers (and the write-window size).
+pub const MIRROR_WINDOW: u64 = 64 << 10;
+/// Granule of mismatch counting: a page (8 sectors), as md's raid5 does.
+const PAGE: usize = 4096;
+
+/// md's `sync_action` words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SyncAction {
+    /// Nothing running.
+    Idle = 0,
+    /// Make redundancy consistent from the checkpoint on.
+    Resync = 1,
+    /// Rebuild members that are not in sync.
+    Recover = 2,
+    /// Compare, count mismatches.
+    Check = 3,
+    /// Compare, count, correct.
+    Repair = 4,
+    /// Nothing may start.
+    Frozen = 5,
+}
+
+impl SyncAction {
+    /// md's word.
+    pub fn word(self) -> &'static str {
+        match self {
+            SyncAction::Idle => "idle",
+            SyncAction::Resync => "resync",
+            SyncAction::Recover => "recover",
+            SyncAction::Check => "check",
+            SyncAction::Repair => "repair",
+            SyncAction::Frozen => "frozen",
+        }
+    }
+
+    fn from_u8(v: u8) -> SyncAction {
+        match v {
+            1 => SyncAction::Resync,
+            2 => SyncAction::Recover,
+            3 => SyncAction::Check,
+            4 => SyncAction::Repair,
+            5 => SyncAction::Frozen,
+            _ => SyncAction::Idle,
+        }
+    }
+}
+
+/// What changed, for the attribute tree's notifications.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Changed {
+    /// `sync_action`.
+    Action,
+    /// `sync_completed` (and the checkpoint, `resync_start`).
+    Completed,
+}
+
+#[derive(Debug, Default)]
+struct Ctl {
+    request: Option<SyncAction>,
+    frozen: bool,
+    interrupt: bool,
+    shutdown: bool,
+}
+
+type Notify = Box<dyn Fn(Changed) + Send + Sync>;
+
+/// The sync state of one array (see the module doc).
+pub struct SyncCtl {
+    ctl: Mutex<Ctl>,
+    cv: Condvar,
+    running: AtomicU8,
+    done: AtomicU64,
+    total: AtomicU64,
+    mismatches: AtomicU64,
+    resync_cp: AtomicU64,
+    speed_min: AtomicU32,
+    speed_max: AtomicU32,
+    speed: AtomicU64,
+    /// Milliseconds since `epoch` of the last user I/O (0: none yet).
+    last_io: AtomicU64,
+    epoch: Instant,
+    notify: OnceLock<Notify>,
+}
+
+impl std::fmt::Debug for SyncCtl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncCtl")
+            .field("action", &self.action())
+            .field("resync_cp", &self.resync_cp())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock(m: &Mutex<Ctl>) -> MutexGuard<'_, Ctl> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl SyncCtl {
+    /// The state of an array whose superblock says `resync_offset`.
+    pub fn new(resync_offset: u64) -> SyncCtl {
+        SyncCtl {
+            ctl: Mutex::new(Ctl::default()),
+            cv: Condvar::new(),
+            running: AtomicU8::new(0),
+            done: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+            mismatches: AtomicU64::new(0),
+            resync_cp: AtomicU64::new(resync_offset),
+            speed_min: AtomicU32::new(0),
+            speed_max: AtomicU32::new(0),
+            speed: AtomicU64::new(0),
+            last_io: AtomicU64::new(0),
+            epoch: Instant::now(),
+            notify: OnceLock::new(),
+        }
+    }
+
+    /// Connects the attribute tree's notifications (first call counts).
+    pub fn set_notify(&self, f: impl Fn(Changed) + Send + Sync + 'static) {
+        let _ = self.notify.set(Box::new(f));
+    }
+
+    fn fire(&self, c: Changed) {
+        if let Some(n) = self.notify.get() {
+            n(c);
+        }
+    }
+
+    /// What `sync_action` shows: the action running, else `frozen` or
+    /// `idle`.
+    pub fn action(&self) -> SyncAction {
+        let r = SyncAction::from_u8(self.running.load(Ordering::Acquire));
+        if r != SyncAction::Idle {
+            return r;
+        }
+        if lock(&self.ctl).frozen {
+            SyncAction::Frozen
+        } else {
+            SyncAction::Idle
+        }
+    }
+
+    /// `sync_completed`: `(done, total)` in sectors while running.
+    pub fn completed(&self) -> Option<(u64, u64)> {
+        (self.running.load(Ordering::Acquire) != 0)
+            .then(|| (self.done.load(Ordering::Acquire), self.total.load(Ordering::Acquire)))
+    }
+
+    /// `mismatch_cnt`: sectors found differing by the last check/repair.
+    pub fn mismatches(&self) -> u64 {
+        self.mismatches.load(Ordering::Acquire)
+    }
+
+    /// The resync checkpoint (md's `recovery_cp`, `resync_start`):
+    /// [`MAX_SECTOR`] when in sync.
+    pub fn resync_cp(&self) -> u64 {
+        self.resync_cp.load(Ordering::Acquire)
+    }
+
+    /// `sync_speed`: KiB/s of the run (`None` when idle).
+    pub fn speed(&self) -> Option<u64> {
+        (self.running.load(Ordering::Acquire) != 0).then(|| self.speed.load(Ordering::Acquire))
+    }
+
+    /// `sync_speed_min` / `_max`: `(KiB/s, whether it is the system
+    /// default)`.
+    pub fn speed_limits(&self) -> ((u32, bool), (u32, bool)) {
+        let f = |a: &AtomicU32, d: u32| match a.load(Ordering::Acquire) {
+            0 => (d, true),
+            v => (v, false),
+        };
+        (f(&self.speed_min, SPEED_MIN_DEFAULT), f(&self.speed_max, SPEED_MAX_DEFAULT))
+    }
+
+    /// Sets `sync_speed_min` (`max == false`) or `_max`; `None`: back to
+    /// the system default.
+    pub fn set_speed_limit(&self, max: bool, v: Option<u32>) {
+        let a = if max { &self.speed_max } else { &self.speed_min };
+        a.store(v.unwrap_or(0), Ordering::Release);
+        self.cv.notify_all();
+    }
+
+    /// Called by user reads and writes (md's idle detection: a sync above
+    /// its minimum speed yields to user I/O). Lock-free.
+    pub fn note_io(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_io.store(ms.max(1), Ordering::Relaxed);
+    }
+
+    fn user_io_recent(&self) -> bool {
+        let last = self.last_io.load(Ordering::Relaxed);
+        last != 0 && (self.epoch.elapsed().as_millis() as u64).saturating_sub(last) < 500
+    }
+
+    /// md's `action_store`. `idle` stops a running sync (its checkpoint
+    /// kept) and unfreezes; `frozen` stops it and lets nothing start;
+    /// `resync`, `recover`, `check`, `repair` ask for a run (`EBUSY` while
+    /// one runs). `reshape` is not supported (`EINVAL` for unknown words).
+    pub fn store_action(&self, word: &[u8]) -> Result<(), i32> {
+        let w = word.strip_suffix(b"\n").unwrap_or(word);
+        let mut g = lock(&self.ctl);
+        let running = self.running.load(Ordering::Acquire) != 0;
+        match w {
+            b"idle" => {
+                g.frozen = false;
+                g.request = None;
+                g.interrupt = running;
+            }
+            b"frozen" => {
+                g.frozen = true;
+                g.request = None;
+                g.interrupt = running;
+            }
+            b"resync" | b"recover" | b"check" | b"repair" => {
+                if running || g.request.is_some() {
+                    return Err(libc::EBUSY);
+                }
+                g.frozen = false;
+                g.request = Some(match w {
+                    b"resync" => SyncAction::Resync,
+                    b"recover" => SyncAction::Recover,
+                    b"check" => SyncAction::Check,
+                    _ => SyncAction::Repair,
+                });
+            }
+            b"reshape" => return Err(libc::EBUSY),
+            _ => return Err(libc::EINVAL),
+        }
+        drop(g);
+        self.cv.notify_all();
+        self.fire(Changed::Action);
+        Ok(())
+    }
+
+    /// Ends the sync thread (the array stops): a running sync is
+    /// interrupted at a row boundary, its checkpoint kept.
+    pub fn shutdown(&self) {
+        let mut g = lock(&self.ctl);
+        g.shutdown = true;
+        g.interrupt = true;
+        drop(g);
+        self.cv.notify_all();
+    }
+
+    fn interrupted(&self) -> bool {
+        let g = lock(&self.ctl);
+        g.interrupt || g.shutdown
+    }
+
+    fn set_cp(&self, cp: u64) {
+        self.resync_cp.store(cp, Ordering::Release);
+    }
+}
+
+/// Starts the sync thread of a writable array (see the module doc); it
+/// ends after [`SyncCtl::shutdown`]. The caller joins it.
+pub fn spawn(array: Arc<Array>) -> io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name("umd-md-sync".into()).spawn(move || sync_thread(&array))
+}
+
+/// What the thread should do next: a request, or a resync the array needs
+/// (md starts one by itself); `None`: shut down.
+fn next_action(array: &Array) -> Option<SyncAction> {
+    let ctl = array.sync_ctl();
+    let mut g = lock(&ctl.ctl);
+    loop {
+        if g.shutdown {
+            return None;
+        }
+        g.interrupt = false;
+        if let Some(a) = g.request.take() {
+            // A resync with nothing to do, or a recovery with no member
+            // to rebuild, ends at once (md: nothing needed).
+            return Some(a);
+        }
+        if !g.frozen && ctl.resync_cp() != MAX_SECTOR && array.missing() == 0 {
+            return Some(SyncAction::Resync);
+        }
+        g = ctl
+            .cv
+            .wait_timeout(g, Duration::from_secs(1))
+            .map(|(g, _)| g)
+            .unwrap_or_else(|p| p.into_inner().0);
+    }
+}
+
+fn sync_thread(array: &Array) {
+    while let Some(action) = next_action(array) {
+        let ctl = array.sync_ctl();
+        if matches!(action, SyncAction::Check | SyncAction::Repair) {
+            ctl.mismatches.store(0, Ordering::Release);
+        }
+        ctl.done.store(0, Ordering::Release);
+        ctl.speed.store(0, Ordering::Release);
+        ctl.running.store(action as u8, Ordering::Release);
+        ctl.fire(Changed::Action);
+        ctl.fire(Changed::Completed);
+        let r = run(array, action);
+        if let Err(e) = r {
+            eprintln!("umd: {} of the array stopped: {e}", action.word());
+        }
+        ctl.running.store(0, Ordering::Release);
+        ctl.fire(Changed::Action);
+        ctl.fire(Changed::Completed);
+    }
+}
+
+/// Progress, checkpoints and speed limits of one run.
+struct Run<'a> {
+    ctl: &'a SyncCtl,
+    action: SyncAction,
+    start: Instant,
+    /// Units (sectors) done when the run started (a resumed resync).
+    first: u64,
+    total: u64,
+    last_cp: u64,
+    last_cp_at: Instant,
+    mark: (Instant, u64),
+}
+
+impl Run<'_> {
+    /// After a step that ended at unit `done`: progress, checkpoint,
+    /// throttle. Returns false if the run must stop.
+    fn stepped(&mut self, done: u64) -> bool {
+        self.ctl.done.store(done, Ordering::Release);
+        let now = Instant::now();
+        // Speed over the last second or so.
+        let (t0, d0) = self.mark;
+        let dt = now.duration_since(t0).as_secs_f64();
+        if dt >= 1.0 {
+            self.ctl.speed.store(((done - d0) as f64 / 2.0 / dt) as u64, Ordering::Release);
+            self.mark = (now, done);
+        } else if self.ctl.speed.load(Ordering::Relaxed) == 0 && dt > 0.05 {
+            self.ctl.speed.store(((done - d0) as f64 / 2.0 / dt) as u64, Ordering::Release);
+        }
+        let step = (self.total >> 4).max(1);
+        if done >= self.last_cp + step || now.duration_since(self.last_cp_at) >= Duration::from_secs(2) {
+            if self.action == SyncAction::Resync {
+                self.ctl.set_cp(done);
+            }
+            self.last_cp = done;
+            self.last_cp_at = now;
+            self.ctl.fire(Changed::Completed);
+        }
+        self.throttle(done)
+    }
+
+    /// md's speed limits: never above `sync_speed_max`; above
+    /// `sync_speed_min` only while no user I/O is recent.
+    fn throttle(&self, done: u64) -> bool {
+        loop {
+            if self.ctl.interrupted() {
+                return false;
+            }
+            let ((min, _), (max, _)) = self.ctl.speed_limits();
+            let kib = (done - self.first) / 2;
+            let secs = self.start.elapsed().as_secs_f64().max(1e-6);
+            let rate = kib as f64 / secs;
+            if rate > f64::from(max) || (rate > f64::from(min) && self.ctl.user_io_recent()) {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            return true;
+        }
+    }
+}
+
+fn run(array: &Array, action: SyncAction) -> io::Result<()> {
+    let ctl = array.sync_ctl();
+    if array.missing() > 0 {
+        // Resync, check and repair need every member; rebuilding one is
+        // recovery.
+        return Ok(());
+    }
+    if action == SyncAction::Recover {
+        // No member to rebuild: nothing to do (md: recovery not needed).
+        return Ok(());
+    }
+    if action == SyncAction::Resync && ctl.resync_cp() == MAX_SECTOR {
+        return Ok(());
+    }
+    let parity = array.personality.parity_shape();
+    let (unit, total) = match &parity {
+        Some(shape) => {
+            let unit = shape.chunk_bytes / 512;
+            (unit, shape.stripes * unit)
+        }
+        None => (MIRROR_WINDOW / 512, array.size() / 512),
+    };
+    let first = if action == SyncAction::Resync { (ctl.resync_cp() / unit * unit).min(total) } else { 0 };
+    ctl.total.store(total, Ordering::Release);
+    ctl.done.store(first, Ordering::Release);
+    let now = Instant::now();
+    let mut r =
+        Run { ctl, action, start: now, first, total, last_cp: first, last_cp_at: now, mark: (now, first) };
+    let finished = match &parity {
+        Some(shape) => sync_parity(array, shape, &mut r, first / unit)?,
+        None => sync_mirrors(array, &mut r, first)?,
+    };
+    if finished {
+        ctl.done.store(total, Ordering::Release);
+        if matches!(action, SyncAction::Resync | SyncAction::Repair) {
+            ctl.set_cp(MAX_SECTOR);
+        }
+    } else if action == SyncAction::Resync {
+        ctl.set_cp(ctl.done.load(Ordering::Acquire));
+    }
+    ctl.fire(Changed::Completed);
+    Ok(())
+}
+
+/// Counts the pages of `a` and `b` (same length) that differ.
+fn differing_pages(a: &[u8], b: &[u8]) -> u64 {
+    a.chunks(PAGE).zip(b.chunks(PAGE)).filter(|(x, y)| x != y).count() as u64
+}
+
+/// A member I/O error during a sync: the member is failed (md_error) and
+/// the run ends.
+fn member_error(array: &Array, slot: usize, e: io::Error, write: bool) -> io::Error {
+    array.health().fail(slot, write);
+    io::Error::new(e.kind(), format!("member in slot {slot}: {e}"))
+}
+
+/// Walks the stripe rows from `from`; returns whether it reached the end.
+fn sync_parity(
+    array: &Array,
+    shape: &crate::personality::ParityShape,
+    r: &mut Run<'_>,
+    from: u64,
+) -> io::Result<bool> {
+    let Some(stripes) = array.stripe_cache() else { return Ok(true) };
+    let chunk = shape.chunk_bytes as usize;
+    let dd = shape.data_disks;
+    let mut data = vec![0u8; dd * chunk];
+    let mut old = vec![0u8; 2 * chunk];
+    let mut new = vec![0u8; 2 * chunk];
+    let mut map = StripeMap::default();
+    let slots = &array.slots;
+    let unit = shape.chunk_bytes / 512;
+    for row in from..shape.stripes {
+        if !array.personality.stripe_map(row, &mut map) {
+            break;
+        }
+        let base = row * shape.chunk_bytes;
+        let outcome: io::Result<()> = stripes.with_row(row, || {
+            for (k, col) in data.chunks_exact_mut(chunk).enumerate() {
+                let s = map.data[k];
+                MemberRead::read_at(&**slots, s, base, col).map_err(|e| member_error(array, s, e, false))?;
+            }
+            let (op, oq) = old.split_at_mut(chunk);
+            MemberRead::read_at(&**slots, map.p, base, op)
+                .map_err(|e| member_error(array, map.p, e, false))?;
+            if let Some(q) = map.q {
+                MemberRead::read_at(&**slots, q, base, oq).map_err(|e| member_error(array, q, e, false))?;
+            }
+            let (np, nq) = new.split_at_mut(chunk);
+            let cols: Vec<&[u8]> = data.chunks_exact(chunk).collect();
+            crate::stripe::gen_parity(shape, &map, &cols, np, nq);
+            let bad_p = differing_pages(op, np);
+            let bad_q = if map.q.is_some() { differing_pages(oq, nq) } else { 0 };
+            if matches!(r.action, SyncAction::Check | SyncAction::Repair) {
+                r.ctl.mismatches.fetch_add((bad_p + bad_q) * (PAGE as u64 / 512), Ordering::AcqRel);
+            }
+            if r.action != SyncAction::Check && bad_p + bad_q > 0 {
+                if bad_p > 0 {
+                    slots.write_at(map.p, base, np).map_err(|e| member_error(array, map.p, e, true))?;
+                }
+                if let (Some(q), true) = (map.q, bad_q > 0) {
+                    slots.write_at(q, base, nq).map_err(|e| member_error(array, q, e, true))?;
+                }
+                stripes.forget_columns(row, 0, shape.chunk_bytes);
+            }
+            Ok(())
+        });
+        outcome?;
+        if !r.stepped((row + 1) * unit) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Walks mirror windows from sector `from`; returns whether it reached
+/// the end.
+fn sync_mirrors(array: &Array, r: &mut Run<'_>, from: u64) -> io::Result<bool> {
+    let size = array.size();
+    let win = MIRROR_WINDOW as usize;
+    let mut reference = vec![0u8; win];
+    let mut copy = vec![0u8; win];
+    let slots = &array.slots;
+    let mut off = from * 512;
+    while off < size {
+        let len = (size - off).min(MIRROR_WINDOW) as usize;
+        let pieces = array.personality.map_write(off, len)?;
+        let outcome: io::Result<()> = array.with_mirror_window(off, || {
+            let mut starts: Vec<usize> = pieces.iter().map(|p| p.buf_start).collect();
+            starts.sort_unstable();
+            starts.dedup();
+            for start in starts {
+                let group: Vec<_> =
+                    pieces.iter().filter(|p| p.buf_start == start && slots.is_present(p.slot)).collect();
+                let Some(first) = group.first() else { continue };
+                let n = first.len;
+                MemberRead::read_at(&**slots, first.slot, first.member_offset, &mut reference[..n])
+                    .map_err(|e| member_error(array, first.slot, e, false))?;
+                for p in &group[1..] {
+                    MemberRead::read_at(&**slots, p.slot, p.member_offset, &mut copy[..n])
+                        .map_err(|e| member_error(array, p.slot, e, false))?;
+                    let bad = differing_pages(&reference[..n], &copy[..n]);
+                    if matches!(r.action, SyncAction::Check | SyncAction::Repair) {
+                        r.ctl.mismatches.fetch_add(bad * (PAGE as u64 / 512), Ordering::AcqRel);
+                    }
+                    if r.action != SyncAction::Check && bad > 0 {
+                        slots
+                            .write_at(p.slot, p.member_offset, &reference[..n])
+                            .map_err(|e| member_error(array, p.slot, e, true))?;
+                    }
+                }
+            }
+            Ok(())
+        });
+        outcome?;
+        off += len as u64;
+        if !r.stepped(off.div_ceil(512)) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
