@@ -39,7 +39,7 @@
 //! the flag update only; the sink is called after it is released).
 
 use std::io;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use blockio::{Access, Member};
@@ -64,10 +64,20 @@ pub struct SlotMember {
     pub sb: Superblock,
     /// md's member flags ([`flags`]).
     pub flags: AtomicU32,
+    /// The slot it holds ([`NO_SLOT`] for a spare or a removed member).
+    pub slot: AtomicUsize,
+    /// Its id in the array ([`Slots::by_id`]).
+    pub id: AtomicUsize,
+    /// Member sectors rebuilt so far while it is recovered (md's
+    /// `recovery_offset`, `dev-*/recovery_start`).
+    pub recovery_offset: AtomicU64,
     /// Read errors corrected on this member (`dev-*/errors`; see the
     /// module doc's "Read errors"). Stores through `errors` set it.
     pub read_errors: AtomicU32,
 }
+
+/// [`SlotMember::slot`] of a member in no slot.
+pub const NO_SLOT: usize = usize::MAX;
 
 /// md's per-member flags (`rdev->flags`), the ones umd keeps.
 pub mod flags {
@@ -80,6 +90,10 @@ pub mod flags {
     pub const WRITE_ERROR: u32 = 4;
     /// Taken out of the array (`remove`): the slot is empty.
     pub const REMOVED: u32 = 8;
+    /// Added, in no slot yet (`spare`).
+    pub const SPARE: u32 = 16;
+    /// In a slot, not in sync: written, not read, rebuilt by recovery.
+    pub const RECOVERING: u32 = 32;
 }
 
 impl SlotMember {
@@ -92,6 +106,9 @@ impl SlotMember {
             sb,
             flags: AtomicU32::new(0),
             read_errors: AtomicU32::new(0),
+            slot: AtomicUsize::new(NO_SLOT),
+            id: AtomicUsize::new(NO_SLOT),
+            recovery_offset: AtomicU64::new(0),
         }
     }
 
@@ -101,18 +118,39 @@ impl SlotMember {
     }
 }
 
-/// Members by slot (`None`: missing).
+/// Members added while the array runs (`new_dev`), over the array's
+/// life: a limit, like every table here (re-assemble to add more).
+pub const MAX_ADDED: usize = 8;
+
+/// [`Slots::holder`] value of a slot with no member.
+const EMPTY: usize = usize::MAX;
+/// [`Slots::holder`] value of a slot held by its assembled member.
+const ASSEMBLED: usize = usize::MAX - 1;
+
+/// The array's members: the ones assembled, by slot, and the ones added
+/// while it runs (spares, then members being recovered). Every member
+/// stays allocated for the array's life, so the I/O paths hold plain
+/// references; which member holds a slot is an atomic per slot, changed
+/// only under [`Health`]'s lock.
 #[derive(Debug)]
-pub struct Slots(pub Vec<Option<SlotMember>>);
+pub struct Slots {
+    assembled: Vec<Option<SlotMember>>,
+    added: Box<[OnceLock<SlotMember>]>,
+    /// Entries of `added` taken.
+    added_len: AtomicUsize,
+    /// By slot: [`EMPTY`], [`ASSEMBLED`] or an index into `added`.
+    holder: Box<[AtomicUsize]>,
+}
 
 impl MemberRead for Slots {
-    /// A member sits in `slot` and has not failed.
+    /// A member holds `slot`, has not failed and is in sync (a member
+    /// being recovered is written, not read).
     fn is_present(&self, slot: usize) -> bool {
-        matches!(self.0.get(slot), Some(Some(m)) if m.flags() & flags::FAULTY == 0)
+        self.get(slot).is_some_and(|m| m.flags() & (flags::FAULTY | flags::RECOVERING) == 0)
     }
 
     fn read_at(&self, slot: usize, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        let Some(Some(m)) = self.0.get(slot) else {
+        let Some(m) = self.get(slot) else {
             return Err(io::Error::other(format!("slot {slot} has no member")));
         };
         let end = offset.checked_add(buf.len() as u64);
@@ -132,25 +170,109 @@ impl MemberRead for Slots {
 }
 
 impl Slots {
-    /// The member in `slot` if it is in service (present, not faulty).
-    pub fn in_service(&self, slot: usize) -> Option<&SlotMember> {
-        self.0.get(slot)?.as_ref().filter(|m| m.flags() & flags::FAULTY == 0)
+    /// The assembled members, by slot (`None`: missing).
+    pub fn new(assembled: Vec<Option<SlotMember>>) -> Slots {
+        let holder =
+            assembled.iter().map(|m| AtomicUsize::new(if m.is_some() { ASSEMBLED } else { EMPTY })).collect();
+        for (slot, m) in assembled.iter().enumerate() {
+            if let Some(m) = m {
+                m.slot.store(slot, Ordering::Release);
+                m.id.store(slot, Ordering::Release);
+            }
+        }
+        Slots {
+            assembled,
+            added: (0..MAX_ADDED).map(|_| OnceLock::new()).collect(),
+            added_len: AtomicUsize::new(0),
+            holder,
+        }
     }
 
-    /// Slots with no member in service.
+    /// Number of slots (`raid_disks`).
+    pub fn len(&self) -> usize {
+        self.holder.len()
+    }
+
+    /// Whether the array has no slots (never, for an assembled array).
+    pub fn is_empty(&self) -> bool {
+        self.holder.is_empty()
+    }
+
+    /// The member holding `slot` (whatever its flags).
+    pub fn get(&self, slot: usize) -> Option<&SlotMember> {
+        match self.holder.get(slot)?.load(Ordering::Acquire) {
+            EMPTY => None,
+            ASSEMBLED => self.assembled.get(slot)?.as_ref(),
+            i => self.added.get(i)?.get(),
+        }
+    }
+
+    /// Every slot's member, in slot order.
+    pub fn iter(&self) -> impl Iterator<Item = Option<&SlotMember>> {
+        (0..self.len()).map(|s| self.get(s))
+    }
+
+    /// Every member holding a slot.
+    pub fn members(&self) -> impl Iterator<Item = &SlotMember> {
+        self.iter().flatten()
+    }
+
+    /// A member by id: assembled slot `id` (`id < len()`), else added
+    /// member `id - len()`; whether or not it holds a slot now.
+    pub fn by_id(&self, id: usize) -> Option<&SlotMember> {
+        match id.checked_sub(self.len()) {
+            None => self.assembled.get(id)?.as_ref(),
+            Some(i) => self.added.get(i)?.get(),
+        }
+    }
+
+    /// Every member ever part of the array (assembled or added), with its
+    /// id ([`Slots::by_id`]).
+    pub fn all(&self) -> impl Iterator<Item = (usize, &SlotMember)> {
+        let n = self.len();
+        let assembled = self.assembled.iter().enumerate().filter_map(|(i, m)| m.as_ref().map(|m| (i, m)));
+        let added = self.added.iter().enumerate().filter_map(move |(i, m)| m.get().map(|m| (n + i, m)));
+        assembled.chain(added)
+    }
+
+    /// Empties `slot` before the array is made (tests, tools).
+    pub fn clear(&mut self, slot: usize) {
+        if let Some(h) = self.holder.get(slot) {
+            h.store(EMPTY, Ordering::Release);
+        }
+    }
+
+    /// The member in `slot` if it is in service (present, not faulty, in
+    /// sync).
+    pub fn in_service(&self, slot: usize) -> Option<&SlotMember> {
+        self.get(slot).filter(|m| m.flags() & (flags::FAULTY | flags::RECOVERING) == 0)
+    }
+
+    /// Whether writes for `slot` go to its member: present and not
+    /// faulty (a member being recovered takes writes).
+    pub fn takes_writes(&self, slot: usize) -> bool {
+        self.get(slot).is_some_and(|m| m.flags() & flags::FAULTY == 0)
+    }
+
+    /// Slots with no member in service: md's `degraded`.
     pub fn missing(&self) -> usize {
-        (0..self.0.len()).filter(|&s| self.in_service(s).is_none()).count()
+        (0..self.len()).filter(|&s| self.in_service(s).is_none()).count()
     }
 
     /// Members whose writes wait for the manager (`blocked`).
     pub fn blocked(&self) -> usize {
-        self.0.iter().flatten().filter(|m| m.flags() & flags::BLOCKED != 0).count()
+        self.members().filter(|m| m.flags() & flags::BLOCKED != 0).count()
+    }
+
+    /// Slots whose member is being recovered.
+    pub fn recovering(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.len()).filter(|&s| self.get(s).is_some_and(|m| m.flags() & flags::RECOVERING != 0))
     }
 
     /// Writes all of `data` at `offset` of `slot`'s data area, refusing
     /// writes outside the data area.
     pub fn write_at(&self, slot: usize, offset: u64, data: &[u8]) -> io::Result<()> {
-        let Some(Some(m)) = self.0.get(slot) else {
+        let Some(m) = self.get(slot) else {
             return Err(io::Error::other(format!("slot {slot} has no member")));
         };
         let end = offset.checked_add(data.len() as u64);
@@ -171,14 +293,18 @@ impl Slots {
 
 /// What the array's owner does on md's member events: the attribute tree
 /// implements it (md's "change pending", the notifications, the wait for
-/// `-blocked`). Called with no array lock held.
+/// `-blocked`, member directories). Members are named by id
+/// ([`Slots::by_id`]). Called with no array lock held.
 pub trait ArrayEvents: Send + Sync {
-    /// `slot` was marked faulty (and blocked, if failures block).
-    fn member_failed(&self, slot: usize);
-    /// `slot`'s `blocked` flag was set or cleared by a store.
-    fn blocked_changed(&self, slot: usize);
-    /// `slot` was taken out of the array (`remove`).
-    fn member_removed(&self, slot: usize);
+    /// Member `id` was marked faulty (and blocked, if failures block).
+    fn member_failed(&self, id: usize);
+    /// Member `id`'s flags changed by a store (`blocked`, …), or it
+    /// finished recovery.
+    fn member_changed(&self, id: usize);
+    /// Member `id` was taken out of the array (`remove`); it held `slot`.
+    fn member_removed(&self, id: usize, slot: Option<usize>);
+    /// Member `id` (a spare) now holds `slot` and is being recovered.
+    fn member_placed(&self, id: usize, slot: usize);
     /// A failure the level cannot survive: the array is broken.
     fn broken(&self);
     /// Blocks until no member is blocked. Fails if the array stops or
@@ -191,15 +317,14 @@ pub trait ArrayEvents: Send + Sync {
 pub struct Health {
     slots: Arc<Slots>,
     personality: Arc<dyn Personality>,
-    /// Serialises flag changes (leaf).
+    /// Serialises flag and slot changes (leaf).
     lock: Mutex<()>,
     events: OnceLock<(Arc<dyn ArrayEvents>, bool)>,
 }
 
 impl std::fmt::Debug for Health {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let flags: Vec<Option<u32>> =
-            self.slots.0.iter().map(|m| m.as_ref().map(SlotMember::flags)).collect();
+        let flags: Vec<Option<u32>> = self.slots.iter().map(|m| m.map(SlotMember::flags)).collect();
         f.debug_struct("Health").field("flags", &flags).finish()
     }
 }
@@ -216,70 +341,82 @@ impl Health {
         self.events.get().map(|(e, _)| e)
     }
 
-    /// The members by slot.
+    /// The members.
     pub fn slots(&self) -> &Slots {
         &self.slots
     }
 
-    /// `slot`'s flags (`None`: no member in the slot).
+    /// `slot`'s member's flags (`None`: no member in the slot).
     pub fn flags(&self, slot: usize) -> Option<u32> {
-        self.slots.0.get(slot)?.as_ref().map(SlotMember::flags)
+        self.slots.get(slot).map(SlotMember::flags)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
         self.lock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// md's `md_error`: marks `slot` faulty (and blocked when failures
-    /// block). Returns whether the member is now out of service: `false`
-    /// when the slot is empty or the array cannot lose the member (it is
-    /// kept, the array is marked broken, and the caller's I/O fails).
+    /// md's `md_error` on the member in `slot` (an I/O error): marks it
+    /// faulty (and blocked when failures block). Returns whether the
+    /// member is now out of service: `false` when the slot is empty or the
+    /// array cannot lose the member (it is kept, the array is marked
+    /// broken, and the caller's I/O fails).
     ///
     /// Called under: no array lock (a stripe lock is fine).
     pub fn fail(&self, slot: usize, write_error: bool) -> bool {
-        self.fail_as(slot, write_error, true)
+        let Some(m) = self.slots.get(slot) else { return false };
+        self.fail_member(m, write_error, true)
     }
 
-    /// md's `faulty` store on `slot`'s `state`: as [`fail`](Self::fail),
+    /// md's `faulty` store on member `id`'s `state`: as [`fail`](Self::fail),
     /// except that a member the array cannot lose is refused (`false`)
     /// and nothing changes. (md marks the array broken here too; umd
-    /// keeps a refused request harmless.)
-    pub fn fail_request(&self, slot: usize) -> bool {
-        self.fail_as(slot, false, false)
+    /// keeps a refused request harmless.) A spare is simply marked faulty.
+    pub fn fail_request(&self, id: usize) -> bool {
+        let Some(m) = self.slots.by_id(id) else { return false };
+        self.fail_member(m, false, false)
     }
 
-    fn fail_as(&self, slot: usize, write_error: bool, io_error: bool) -> bool {
-        let Some(Some(m)) = self.slots.0.get(slot) else { return false };
+    fn fail_member(&self, m: &SlotMember, write_error: bool, io_error: bool) -> bool {
         let extra = if write_error { flags::WRITE_ERROR } else { 0 };
         let guard = self.lock();
         let f = m.flags();
+        if f & flags::REMOVED != 0 {
+            return false;
+        }
         if f & flags::FAULTY != 0 {
             m.flags.fetch_or(extra, Ordering::AcqRel);
             return true;
         }
-        let present: Vec<bool> =
-            (0..self.slots.0.len()).map(|s| s != slot && self.slots.is_present(s)).collect();
-        if !self.personality.readable_with(&present) {
-            drop(guard);
-            if io_error {
-                if let Some(e) = self.events() {
-                    e.broken();
+        let slot = m.slot.load(Ordering::Acquire);
+        // A spare or a member being recovered holds no data the array
+        // needs: losing it never breaks the array.
+        if slot != NO_SLOT && f & flags::RECOVERING == 0 {
+            let present: Vec<bool> =
+                (0..self.slots.len()).map(|s| s != slot && self.slots.is_present(s)).collect();
+            if !self.personality.readable_with(&present) {
+                drop(guard);
+                if io_error {
+                    if let Some(e) = self.events() {
+                        e.broken();
+                    }
                 }
+                return false;
             }
-            return false;
         }
-        let blocked = if self.events.get().is_some_and(|(_, b)| *b) { flags::BLOCKED } else { 0 };
+        let blocks = slot != NO_SLOT && self.events.get().is_some_and(|(_, b)| *b);
+        let blocked = if blocks { flags::BLOCKED } else { 0 };
         m.flags.fetch_or(flags::FAULTY | blocked | extra, Ordering::AcqRel);
+        let id = m.id.load(Ordering::Acquire);
         drop(guard);
         if let Some(e) = self.events() {
-            e.member_failed(slot);
+            e.member_failed(id);
         }
         true
     }
 
-    /// md's `blocked` / `-blocked` stores on `slot`'s `state`.
-    pub fn set_blocked(&self, slot: usize, on: bool) -> Result<(), i32> {
-        let Some(Some(m)) = self.slots.0.get(slot) else { return Err(libc::ENODEV) };
+    /// md's `blocked` / `-blocked` stores on member `id`'s `state`.
+    pub fn set_blocked(&self, id: usize, on: bool) -> Result<(), i32> {
+        let Some(m) = self.slots.by_id(id) else { return Err(libc::ENODEV) };
         {
             let _g = self.lock();
             if m.flags() & flags::REMOVED != 0 {
@@ -292,31 +429,96 @@ impl Health {
             }
         }
         if let Some(e) = self.events() {
-            e.blocked_changed(slot);
+            e.member_changed(id);
         }
         Ok(())
     }
 
-    /// md's `remove` store: takes a faulty, unblocked member out of the
-    /// array (`EBUSY` for a member in service or still blocked, as md).
-    /// The member's file stays open until the array is dropped.
-    pub fn remove(&self, slot: usize) -> Result<(), i32> {
-        let Some(Some(m)) = self.slots.0.get(slot) else { return Err(libc::ENODEV) };
-        {
+    /// md's `remove` store on member `id`: takes a faulty, unblocked
+    /// member out of its slot, or a spare out of the array (`EBUSY` for a
+    /// member in service or still blocked, as md). Its file stays open
+    /// until the array is dropped.
+    pub fn remove(&self, id: usize) -> Result<(), i32> {
+        let Some(m) = self.slots.by_id(id) else { return Err(libc::ENODEV) };
+        let slot = {
             let _g = self.lock();
             let f = m.flags();
             if f & flags::REMOVED != 0 {
                 return Err(libc::ENODEV);
             }
-            if f & flags::FAULTY == 0 || f & flags::BLOCKED != 0 {
+            let slot = m.slot.load(Ordering::Acquire);
+            let spare = slot == NO_SLOT;
+            if (!spare && f & flags::FAULTY == 0) || f & flags::BLOCKED != 0 {
                 return Err(libc::EBUSY);
             }
+            if !spare {
+                if let Some(h) = self.slots.holder.get(slot) {
+                    h.store(EMPTY, Ordering::Release);
+                }
+                m.slot.store(NO_SLOT, Ordering::Release);
+            }
             m.flags.fetch_or(flags::REMOVED, Ordering::AcqRel);
-        }
+            (!spare).then_some(slot)
+        };
         if let Some(e) = self.events() {
-            e.member_removed(slot);
+            e.member_removed(id, slot);
         }
         Ok(())
+    }
+
+    /// Adds `m` as a spare (md's `new_dev`); returns its id. `ENOSPC`
+    /// past [`MAX_ADDED`] members added over the array's life.
+    pub fn add(&self, m: SlotMember) -> Result<usize, i32> {
+        let _g = self.lock();
+        let i = self.slots.added_len.load(Ordering::Acquire);
+        if i >= MAX_ADDED {
+            return Err(libc::ENOSPC);
+        }
+        let id = self.slots.len() + i;
+        m.id.store(id, Ordering::Release);
+        m.slot.store(NO_SLOT, Ordering::Release);
+        m.flags.store(flags::SPARE, Ordering::Release);
+        self.slots.added[i].set(m).map_err(|_| libc::EBUSY)?;
+        self.slots.added_len.store(i + 1, Ordering::Release);
+        Ok(id)
+    }
+
+    /// md's `slot` store on a spare: it takes empty `slot` and is
+    /// recovered from there (`EBUSY`: not a spare, or the slot is held;
+    /// `EINVAL`: no such slot).
+    pub fn place(&self, id: usize, slot: usize) -> Result<(), i32> {
+        let Some(m) = self.slots.by_id(id) else { return Err(libc::ENODEV) };
+        let index = id.checked_sub(self.slots.len()).ok_or(libc::EBUSY)?;
+        {
+            let _g = self.lock();
+            let h = self.slots.holder.get(slot).ok_or(libc::EINVAL)?;
+            if m.flags() != flags::SPARE || h.load(Ordering::Acquire) != EMPTY {
+                return Err(libc::EBUSY);
+            }
+            m.recovery_offset.store(0, Ordering::Release);
+            m.slot.store(slot, Ordering::Release);
+            m.flags.store(flags::RECOVERING, Ordering::Release);
+            h.store(index, Ordering::Release);
+        }
+        if let Some(e) = self.events() {
+            e.member_placed(id, slot);
+        }
+        Ok(())
+    }
+
+    /// Recovery of the member in `slot` finished: it is in sync.
+    pub fn recovered(&self, slot: usize) {
+        let Some(m) = self.slots.get(slot) else { return };
+        {
+            let _g = self.lock();
+            if m.flags() & flags::FAULTY != 0 {
+                return;
+            }
+            m.flags.fetch_and(!flags::RECOVERING, Ordering::AcqRel);
+        }
+        if let Some(e) = self.events() {
+            e.member_changed(m.id.load(Ordering::Acquire));
+        }
     }
 
     /// Returns once no member is blocked (at once without a manager).
@@ -426,7 +628,7 @@ impl Array {
     fn writer(&self) -> &Writer {
         self.writer.get_or_init(|| {
             let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let members = self.slots.0.iter().flatten().count();
+            let members = self.slots.len();
             Writer {
                 pool: WritePool::new(members.saturating_sub(1).min(cpus)),
                 stripes: StripeCache::new(self.personality.as_ref(), Arc::clone(&self.slots)),
@@ -583,7 +785,7 @@ impl Array {
     /// Whether the array takes writes: every present member was opened
     /// read-write (see [`crate::assemble_writable`]).
     pub fn writable(&self) -> bool {
-        self.slots.0.iter().flatten().all(|m| m.dev.access() == Access::ReadWrite)
+        self.slots.members().all(|m| m.dev.access() == Access::ReadWrite)
     }
 
     /// Writes all of `data` at array byte `offset`: every copy of every
@@ -625,7 +827,7 @@ impl Array {
     }
 
     fn check_readable(&self) -> io::Result<()> {
-        let present: Vec<bool> = (0..self.slots.0.len()).map(|s| self.slots.is_present(s)).collect();
+        let present: Vec<bool> = (0..self.slots.len()).map(|s| self.slots.is_present(s)).collect();
         if !self.personality.readable_with(&present) {
             return Err(crate::personality::unrecoverable(&format!(
                 "{} of {} members are missing or failed, more than {} tolerates",
@@ -656,7 +858,7 @@ impl Array {
         }
         let mut jobs: Vec<WriteJob<'_>> = pieces
             .iter()
-            .filter(|p| self.slots.is_present(p.slot))
+            .filter(|p| self.slots.takes_writes(p.slot))
             .map(|&WritePiece { slot, member_offset, buf_start, len }| WriteJob {
                 slot,
                 offset: member_offset,
@@ -682,7 +884,7 @@ impl Array {
     /// (and, as for writes, the call returns once that is recorded).
     pub fn flush(&self) -> io::Result<()> {
         let mut first = None;
-        for (slot, m) in self.slots.0.iter().enumerate() {
+        for (slot, m) in self.slots.iter().enumerate() {
             let Some(m) = m else { continue };
             if m.flags() & flags::FAULTY != 0 {
                 continue;

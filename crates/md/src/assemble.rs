@@ -332,7 +332,8 @@ fn assemble_access(
             list(&missing)
         ));
     }
-    let slots = Slots(slots.into_iter().map(|s| s.map(|c| SlotMember::new(c.dev, c.found.sb))).collect());
+    let slots =
+        Slots::new(slots.into_iter().map(|s| s.map(|c| SlotMember::new(c.dev, c.found.sb))).collect());
     Ok(Assembly { array: Array::new(fresh, pers, slots), notes, degraded })
 }
 

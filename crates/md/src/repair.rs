@@ -207,7 +207,7 @@ impl Repair<'_> {
         buf: &mut [u8],
         seed: Vec<Failure>,
     ) -> io::Result<Vec<Failure>> {
-        let n = self.slots.0.len();
+        let n = self.slots.len();
         let mut failures = seed;
         // Empty: nothing excluded (the common case allocates nothing).
         let mut excluded: Vec<bool> = Vec::new();
@@ -238,7 +238,7 @@ impl Repair<'_> {
     ///
     /// Called under: any lock of the read path (a stripe lock is fine).
     pub fn note(&self, tally: &mut Tally, slot: usize) -> bool {
-        let Some(m) = self.slots.0.get(slot).and_then(Option::as_ref) else { return false };
+        let Some(m) = self.slots.get(slot) else { return false };
         if !tally.counted.contains(&slot) {
             tally.counted.push(slot);
             let count = m.read_errors.fetch_add(1, Ordering::AcqRel).saturating_add(1);
@@ -326,7 +326,7 @@ impl Repair<'_> {
         let chunk = shape.chunk_bytes;
         let base = stripe * chunk;
         let row_start = stripe * shape.stripe_bytes();
-        let mut excluded = vec![false; self.slots.0.len()];
+        let mut excluded = vec![false; self.slots.len()];
         // Per failing slot: the span of its failed reads in this row.
         let mut spans: Vec<(usize, u64, u64)> = Vec::new();
         for f in failures {

@@ -165,7 +165,7 @@ impl Backing for MemberSpace {
 
     fn flush(&self) -> Result<(), Errno> {
         let mut r = Ok(());
-        for m in self.slots.0.iter().flatten() {
+        for m in self.slots.members() {
             if let Err(e) = m.dev.flush() {
                 r = r.and(Err(errno(&e)));
             }
@@ -735,7 +735,8 @@ pub(crate) fn gen_parity(shape: &ParityShape, map: &StripeMap, srcs: &[&[u8]], p
 /// Issues a row's member writes (those of members present), a member's
 /// writes adjacent so one thread takes them all.
 fn submit(ctx: &Ctx<'_>, jobs: &mut Vec<WriteJob<'_>>) -> io::Result<()> {
-    jobs.retain(|j| ctx.slots.is_present(j.slot));
+    // A member being recovered is written too (it is not read).
+    jobs.retain(|j| ctx.slots.takes_writes(j.slot));
     jobs.sort_unstable_by_key(|j| (j.slot, j.offset));
     ctx.pool.write_all(ctx.slots, jobs, &|slot, e| ctx.health.absorb(slot, e))
 }

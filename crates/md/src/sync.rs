@@ -331,6 +331,11 @@ fn next_action(array: &Array) -> Option<SyncAction> {
             // to rebuild, ends at once (md: nothing needed).
             return Some(a);
         }
+        // md_check_recovery: members being recovered first, then a resync
+        // the array needs.
+        if !g.frozen && array.slots.recovering().next().is_some() {
+            return Some(SyncAction::Recover);
+        }
         if !g.frozen && ctl.resync_cp() != MAX_SECTOR && array.missing() == 0 {
             return Some(SyncAction::Resync);
         }
@@ -425,13 +430,17 @@ impl Run<'_> {
 
 fn run(array: &Array, action: SyncAction) -> io::Result<()> {
     let ctl = array.sync_ctl();
-    if array.missing() > 0 {
-        // Resync, check and repair need every member; rebuilding one is
-        // recovery.
-        return Ok(());
-    }
+    let recovering: Vec<usize> = array.slots.recovering().collect();
     if action == SyncAction::Recover {
         // No member to rebuild: nothing to do (md: recovery not needed).
+        if recovering.is_empty() {
+            return Ok(());
+        }
+        return recover(array, &recovering);
+    }
+    if array.missing() > 0 {
+        // Resync, check and repair need every member in sync; rebuilding
+        // one is recovery.
         return Ok(());
     }
     if action == SyncAction::Resync && ctl.resync_cp() == MAX_SECTOR {
@@ -579,6 +588,149 @@ fn sync_mirrors(array: &Array, r: &mut Run<'_>, from: u64) -> io::Result<bool> {
         });
         outcome?;
         off += len as u64;
+        if !r.stepped(off.div_ceil(512)) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Rebuilds the members in `slots` (being recovered) from the others,
+/// from the lowest `recovery_offset` on; at the end they are in sync.
+fn recover(array: &Array, targets: &[usize]) -> io::Result<()> {
+    let ctl = array.sync_ctl();
+    let parity = array.personality.parity_shape();
+    let (unit, total) = match &parity {
+        Some(shape) => {
+            let unit = shape.chunk_bytes / 512;
+            (unit, shape.stripes * unit)
+        }
+        None => (MIRROR_WINDOW / 512, array.size() / 512),
+    };
+    let members: Vec<&crate::array::SlotMember> =
+        targets.iter().filter_map(|&s| array.slots.get(s)).collect();
+    let from = members.iter().map(|m| m.recovery_offset.load(Ordering::Acquire)).min().unwrap_or(0);
+    let first = (from / unit * unit).min(total);
+    ctl.total.store(total, Ordering::Release);
+    ctl.done.store(first, Ordering::Release);
+    let now = Instant::now();
+    let mut r = Run {
+        ctl,
+        action: SyncAction::Recover,
+        start: now,
+        first,
+        total,
+        last_cp: first,
+        last_cp_at: now,
+        mark: (now, first),
+    };
+    let set_offset = |done: u64| {
+        for m in &members {
+            m.recovery_offset.store(done, Ordering::Release);
+        }
+    };
+    let finished = match &parity {
+        Some(shape) => recover_parity(array, shape, targets, &mut r, first / unit, &set_offset)?,
+        None => recover_mirrors(array, targets, &mut r, first, &set_offset)?,
+    };
+    if finished {
+        ctl.done.store(total, Ordering::Release);
+        for &s in targets {
+            array.health().recovered(s);
+        }
+    }
+    ctl.fire(Changed::Completed);
+    Ok(())
+}
+
+fn recover_parity(
+    array: &Array,
+    shape: &crate::personality::ParityShape,
+    targets: &[usize],
+    r: &mut Run<'_>,
+    from: u64,
+    set_offset: &dyn Fn(u64),
+) -> io::Result<bool> {
+    let Some(stripes) = array.stripe_cache() else { return Ok(true) };
+    let chunk = shape.chunk_bytes as usize;
+    let dd = shape.data_disks;
+    let mut data = vec![0u8; dd * chunk];
+    let mut parity = vec![0u8; 2 * chunk];
+    let mut map = StripeMap::default();
+    let slots = &array.slots;
+    let unit = shape.chunk_bytes / 512;
+    let row_bytes = shape.stripe_bytes();
+    for row in from..shape.stripes {
+        if !array.personality.stripe_map(row, &mut map) {
+            break;
+        }
+        let base = row * shape.chunk_bytes;
+        let outcome: io::Result<()> = stripes.with_row(row, || {
+            // The row's data, the members being recovered rebuilt (they
+            // are not read).
+            array.personality.read(&**slots, row * row_bytes, &mut data)?;
+            let (p, q) = parity.split_at_mut(chunk);
+            let cols: Vec<&[u8]> = data.chunks_exact(chunk).collect();
+            crate::stripe::gen_parity(shape, &map, &cols, p, q);
+            for &t in targets {
+                let block: &[u8] = if t == map.p {
+                    p
+                } else if map.q == Some(t) {
+                    q
+                } else if let Some(k) = map.data.iter().position(|&s| s == t) {
+                    cols[k]
+                } else {
+                    continue;
+                };
+                if !slots.takes_writes(t) {
+                    continue;
+                }
+                slots.write_at(t, base, block).map_err(|e| member_error(array, t, e, true))?;
+            }
+            stripes.forget_columns(row, 0, shape.chunk_bytes);
+            Ok(())
+        });
+        outcome?;
+        set_offset((row + 1) * unit);
+        if !r.stepped((row + 1) * unit) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn recover_mirrors(
+    array: &Array,
+    targets: &[usize],
+    r: &mut Run<'_>,
+    from: u64,
+    set_offset: &dyn Fn(u64),
+) -> io::Result<bool> {
+    let size = array.size();
+    let mut buf = vec![0u8; MIRROR_WINDOW as usize];
+    let slots = &array.slots;
+    let mut off = from * 512;
+    while off < size {
+        let len = (size - off).min(MIRROR_WINDOW) as usize;
+        let pieces = array.personality.map_write(off, len)?;
+        let outcome: io::Result<()> = array.with_mirror_window(off, || {
+            for p in pieces.iter().filter(|p| targets.contains(&p.slot) && slots.takes_writes(p.slot)) {
+                let src = pieces.iter().find(|c| c.buf_start == p.buf_start && slots.is_present(c.slot));
+                let Some(src) = src else {
+                    return Err(io::Error::from_raw_os_error(libc::EIO));
+                };
+                let b = &mut buf[..p.len];
+                MemberRead::read_at(&**slots, src.slot, src.member_offset, b)
+                    .map_err(|e| member_error(array, src.slot, e, false))?;
+                slots
+                    .write_at(p.slot, p.member_offset, b)
+                    .map_err(|e| member_error(array, p.slot, e, true))?;
+            }
+            Ok(())
+        });
+        outcome?;
+        off += len as u64;
+        set_offset(off.div_ceil(512));
         if !r.stepped(off.div_ceil(512)) {
             return Ok(false);
         }

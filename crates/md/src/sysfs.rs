@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use kernfs::{Attr, AttrOps, Errno, Kernfs, NodeRef, ShowBuf};
 
-use crate::array::{flags, Array, ArrayEvents, Health, Slots};
+use crate::array::{flags, Array, ArrayEvents, Health, SlotMember, Slots, MAX_ADDED, NO_SLOT};
 use crate::personality::Level;
 use crate::state::{StateMachine, TimerHandle};
 
@@ -127,17 +127,14 @@ impl MdState {
 
 /// The published attribute tree of one array.
 pub struct MdSysfs {
-    fs: Arc<Kernfs>,
     /// The `md` directory.
     pub md_dir: NodeRef,
     /// `md/array_state`.
     pub array_state: NodeRef,
     /// `md/sync_action` (absent for raid0).
     pub sync_action: Option<NodeRef>,
-    /// Per slot: the `md/dev-NAME` directory and its `state` attribute.
-    /// Locked only by management operations (publish, member removal),
-    /// never by `show`/`store`.
-    members: Arc<Members>,
+    /// The members' directories and events.
+    tree: Arc<MemberTree>,
     /// The shared state.
     pub state: Arc<MdState>,
     /// The safe-mode timer of a writable array; stopped and joined on drop.
@@ -179,96 +176,274 @@ impl MdSysfs {
     /// Must not be called from a `store` of an attribute inside that
     /// member's directory (removal waits for in-flight operations).
     pub fn remove_member(&self, slot: usize) -> Result<(), Errno> {
-        remove_member_dir(&self.fs, &self.md_dir, &self.members, slot)
+        let id =
+            self.tree.health.slots().get(slot).map(|m| m.id.load(Ordering::Acquire)).ok_or(libc::ENOENT)?;
+        self.tree.remove_dir(id, Some(slot))
     }
 
-    /// The `dev-NAME/state` attribute of `slot`, if that member is present.
+    /// The `dev-NAME/state` attribute of the member in `slot`, if any.
     pub fn member_state(&self, slot: usize) -> Option<NodeRef> {
-        self.members.lock().ok()?.get(slot)?.as_ref().map(|(_, st)| st.clone())
+        let id = self.tree.health.slots().get(slot)?.id.load(Ordering::Acquire);
+        self.tree.members.lock().ok()?.get(id)?.as_ref().map(|e| e.state.clone())
     }
 }
 
-/// Per slot: the `md/dev-NAME` directory and its `state` attribute.
-type Members = Mutex<Vec<Option<(NodeRef, NodeRef)>>>;
-
-/// Removes `slot`'s `dev-NAME` directory and `rdN` link.
-fn remove_member_dir(
-    fs: &Arc<Kernfs>,
-    md_dir: &NodeRef,
-    members: &Members,
-    slot: usize,
-) -> Result<(), Errno> {
-    let taken = {
-        let mut m = members.lock().map_err(|_| libc::EIO)?;
-        m.get_mut(slot).and_then(Option::take)
-    };
-    let Some((dir, _state)) = taken else { return Err(libc::ENOENT) };
-    if let Some(link) = fs.lookup(md_dir, &format!("rd{slot}")) {
-        fs.remove(&link);
-    }
-    fs.remove(&dir);
-    Ok(())
+/// A member's directory in the tree.
+struct MemberDir {
+    dir: NodeRef,
+    state: NodeRef,
+    name: String,
 }
 
-/// md's reactions to member events, seen from the attribute tree: "change
-/// pending" on the state machine, notifications of the member's `state`
-/// and of `degraded`, the deferred removal of a removed member's
-/// directory, the wait for `-blocked`.
-struct TreeEvents {
+/// Per member id ([`Slots::by_id`]): its `md/dev-NAME` directory.
+type Members = Mutex<Vec<Option<MemberDir>>>;
+
+/// The members' part of the tree: their directories (made at publish and
+/// when a member is added), the `rdN` links of the slots, and md's
+/// reactions to member events — "change pending" on the state machine,
+/// notifications of a member's `state` and of `degraded`, the deferred
+/// removal of a removed member's directory, the wait for `-blocked`.
+struct MemberTree {
     fs: Arc<Kernfs>,
     md_dir: NodeRef,
+    health: Arc<Health>,
     machine: Arc<StateMachine>,
-    members: Arc<Members>,
-    degraded: Option<NodeRef>,
+    members: Members,
+    /// `md/degraded` (absent for raid0), set once made.
+    degraded: std::sync::OnceLock<NodeRef>,
 }
 
-impl TreeEvents {
-    fn notify_member(&self, slot: usize) {
-        let node = self.members.lock().ok().and_then(|m| m.get(slot)?.as_ref().map(|(_, st)| st.clone()));
+impl MemberTree {
+    fn notify_member(&self, id: usize) {
+        let node = self.members.lock().ok().and_then(|m| m.get(id)?.as_ref().map(|e| e.state.clone()));
         if let Some(n) = node {
             n.notify();
         }
     }
+
+    fn notify_degraded(&self) {
+        if let Some(d) = self.degraded.get() {
+            d.notify();
+        }
+    }
+
+    /// Makes member `id`'s `dev-NAME` directory, and its `rdN` link if it
+    /// holds a slot.
+    ///
+    /// Called under: nothing of the tree's (not from a store inside that
+    /// directory: there is none yet).
+    fn create_dir(self: &Arc<Self>, id: usize) -> Result<(), Errno> {
+        let slots = self.health.slots();
+        let m = slots.by_id(id).ok_or(libc::ENODEV)?;
+        let fs = &self.fs;
+        let mut name = dev_name(m.dev.path());
+        {
+            let taken = self.members.lock().map_err(|_| libc::EIO)?;
+            if taken.iter().flatten().any(|e| e.name == format!("dev-{name}")) {
+                name = format!("{name}.{id}");
+            }
+        }
+        let dirname = format!("dev-{name}");
+        let dir = fs.create_dir(&self.md_dir, &dirname, 0o755)?;
+        let (h, h2) = (self.health.clone(), self.health.clone());
+        let state = fs.create_attr(
+            &dir,
+            "state",
+            RW,
+            pre_attr(Arc::new(FnAttr {
+                show: move |out: &mut ShowBuf| {
+                    show_dev_state(out, h.slots().by_id(id).map_or(flags::REMOVED, SlotMember::flags))
+                },
+                store: move |data: &[u8]| store_dev_state(&h2, id, data),
+            })),
+        )?;
+        let (h, h2) = (self.health.clone(), self.health.clone());
+        fs.create_attr(
+            &dir,
+            "slot",
+            RW,
+            plain_attr(Arc::new(FnAttr {
+                show: move |out: &mut ShowBuf| match h
+                    .slots()
+                    .by_id(id)
+                    .map_or(NO_SLOT, |m| m.slot.load(Ordering::Acquire))
+                {
+                    NO_SLOT => line(out, format_args!("none")),
+                    s => line(out, format_args!("{s}")),
+                },
+                // md's slot_store: a spare is given a slot (and recovered
+                // there); a member in a slot keeps it.
+                store: move |data: &[u8]| {
+                    if word(data) == b"none" {
+                        return Err(libc::EBUSY);
+                    }
+                    let slot = usize::try_from(parse_u64(data)?).map_err(|_| libc::EINVAL)?;
+                    h2.place(id, slot).map(|()| data.len())
+                },
+            })),
+        )?;
+        let offset = m.sb.data_offset;
+        fs.create_attr(
+            &dir,
+            "offset",
+            RW,
+            plain_attr(Arc::new(FnAttr {
+                show: move |out: &mut ShowBuf| line(out, format_args!("{offset}")),
+                store: |data: &[u8]| parse_u64(data).and(Err(libc::EBUSY)),
+            })),
+        )?;
+        let size_kib = m.sb.data_size / 2;
+        fs.create_attr(
+            &dir,
+            "size",
+            RW,
+            plain_attr(Arc::new(FnAttr {
+                show: move |out: &mut ShowBuf| line(out, format_args!("{size_kib}")),
+                store: |data: &[u8]| parse_u64(data).and(Err(libc::EBUSY)),
+            })),
+        )?;
+        // The member's corrected read errors (`SlotMember::read_errors`).
+        let (h, h2) = (self.health.clone(), self.health.clone());
+        fs.create_attr(
+            &dir,
+            "errors",
+            RW,
+            plain_attr(Arc::new(FnAttr {
+                show: move |out: &mut ShowBuf| {
+                    let e = h.slots().by_id(id).map_or(0, |m| m.read_errors.load(Ordering::Relaxed));
+                    line(out, format_args!("{e}"))
+                },
+                store: move |data: &[u8]| {
+                    let v = u32::try_from(parse_u64(data)?).map_err(|_| libc::EINVAL)?;
+                    if let Some(m) = h2.slots().by_id(id) {
+                        m.read_errors.store(v, Ordering::Relaxed);
+                    }
+                    Ok(data.len())
+                },
+            })),
+        )?;
+        // md's recovery_offset of a member being recovered (sectors), else
+        // `none`.
+        let h = self.health.clone();
+        fs.create_attr(
+            &dir,
+            "recovery_start",
+            RW,
+            pre_attr(Arc::new(FnAttr {
+                show: move |out: &mut ShowBuf| match h.slots().by_id(id) {
+                    Some(m) if m.flags() & flags::RECOVERING != 0 => {
+                        line(out, format_args!("{}", m.recovery_offset.load(Ordering::Acquire)))
+                    }
+                    _ => line(out, format_args!("none")),
+                },
+                store: |data: &[u8]| {
+                    if word(data) == b"none" {
+                        return Err(libc::EBUSY);
+                    }
+                    parse_u64(data).and(Err(libc::EBUSY))
+                },
+            })),
+        )?;
+        // Linux links dev-*/block to the member's block device; umd links
+        // it to the member's path, which `umd detail` reads superblocks from.
+        let target = std::fs::canonicalize(m.dev.path()).unwrap_or_else(|_| m.dev.path().to_path_buf());
+        fs.create_symlink(&dir, "block", &target.to_string_lossy())?;
+        let slot = m.slot.load(Ordering::Acquire);
+        if slot != NO_SLOT && m.flags() & flags::REMOVED == 0 {
+            fs.create_symlink(&self.md_dir, &format!("rd{slot}"), &dirname)?;
+        }
+        fs.activate(&dir);
+        let mut t = self.members.lock().map_err(|_| libc::EIO)?;
+        if let Some(e) = t.get_mut(id) {
+            *e = Some(MemberDir { dir, state, name: dirname });
+        }
+        Ok(())
+    }
+
+    /// Removes member `id`'s directory and the `rdN` link of the slot it
+    /// held.
+    ///
+    /// Must not be called from a store inside that directory (removal
+    /// waits for in-flight operations).
+    fn remove_dir(&self, id: usize, slot: Option<usize>) -> Result<(), Errno> {
+        let taken = {
+            let mut m = self.members.lock().map_err(|_| libc::EIO)?;
+            m.get_mut(id).and_then(Option::take)
+        };
+        let Some(e) = taken else { return Err(libc::ENOENT) };
+        if let Some(slot) = slot {
+            if let Some(link) = self.fs.lookup(&self.md_dir, &format!("rd{slot}")) {
+                self.fs.remove(&link);
+            }
+        }
+        self.fs.remove(&e.dir);
+        Ok(())
+    }
 }
 
+/// The events sink: a weak reference, since the tree's attributes hold
+/// the array's [`Health`], which holds the sink.
+struct TreeEvents(std::sync::Weak<MemberTree>);
+
 impl ArrayEvents for TreeEvents {
-    fn member_failed(&self, slot: usize) {
-        self.machine.member_failed();
-        self.notify_member(slot);
-        if let Some(d) = &self.degraded {
-            d.notify();
-        }
+    fn member_failed(&self, id: usize) {
+        let Some(t) = self.0.upgrade() else { return };
+        t.machine.member_failed();
+        t.notify_member(id);
+        t.notify_degraded();
     }
 
-    fn blocked_changed(&self, slot: usize) {
-        self.machine.poke();
-        self.notify_member(slot);
+    fn member_changed(&self, id: usize) {
+        let Some(t) = self.0.upgrade() else { return };
+        t.machine.poke();
+        t.notify_member(id);
+        t.notify_degraded();
     }
 
-    fn member_removed(&self, slot: usize) {
+    fn member_removed(&self, id: usize, slot: Option<usize>) {
+        let Some(t) = self.0.upgrade() else { return };
         // md removes the member's kobject from a work queue: the store
         // that asked is still running inside that directory, and removal
-        // waits for it.
-        let (fs, md_dir, members) = (self.fs.clone(), self.md_dir.clone(), self.members.clone());
-        let spawned = std::thread::Builder::new().name("umd-md-remove".into()).spawn(move || {
-            let _ = remove_member_dir(&fs, &md_dir, &members, slot);
+        // waits for it. Without a thread the directory stays (its `state`
+        // reads removed); nothing else depends on it.
+        let t2 = t.clone();
+        let _ = std::thread::Builder::new().name("umd-md-remove".into()).spawn(move || {
+            let _ = t2.remove_dir(id, slot);
         });
-        if spawned.is_err() {
-            // No thread: the directory stays (its `state` reads the flags,
-            // which say removed); nothing else depends on it.
+        t.notify_degraded();
+    }
+
+    fn member_placed(&self, id: usize, slot: usize) {
+        let Some(t) = self.0.upgrade() else { return };
+        let name = t.members.lock().ok().and_then(|m| m.get(id)?.as_ref().map(|e| e.name.clone()));
+        if let Some(name) = name {
+            let _ = t.fs.create_symlink(&t.md_dir, &format!("rd{slot}"), &name);
         }
-        if let Some(d) = &self.degraded {
-            d.notify();
-        }
+        t.notify_member(id);
+        t.notify_degraded();
     }
 
     fn broken(&self) {
-        self.machine.set_broken();
+        if let Some(t) = self.0.upgrade() {
+            t.machine.set_broken();
+        }
     }
 
     fn wait_unblocked(&self, slots: &Slots) -> std::io::Result<()> {
-        self.machine.wait_while(|| slots.blocked() > 0).map_err(std::io::Error::from_raw_os_error)
+        let Some(t) = self.0.upgrade() else { return Ok(()) };
+        t.machine.wait_while(|| slots.blocked() > 0).map_err(std::io::Error::from_raw_os_error)
     }
+}
+
+/// A prealloc attribute: its write buffer is taken at open, a store
+/// allocates nothing (seed 000); it notifies.
+fn pre_attr(ops: Arc<dyn AttrOps>) -> Attr {
+    Attr { ops, prealloc: true, atomic_write_len: kernfs::PAGE_SIZE, seq: false, notify: true }
+}
+
+/// A plain attribute.
+fn plain_attr(ops: Arc<dyn AttrOps>) -> Attr {
+    Attr { ops, prealloc: false, atomic_write_len: kernfs::PAGE_SIZE, seq: false, notify: false }
 }
 
 /// md's `state_show` for a member: its flags, comma-separated, in md's
@@ -282,7 +457,10 @@ fn show_dev_state(out: &mut ShowBuf, f: u32) -> Result<(), Errno> {
     };
     if f & flags::FAULTY != 0 {
         push("faulty");
-    } else {
+    } else if f & (flags::SPARE | flags::RECOVERING) != 0 {
+        // md shows a member not in sync as `spare`, in a slot or not.
+        push("spare");
+    } else if f & flags::REMOVED == 0 {
         push("in_sync");
     }
     if f & flags::BLOCKED != 0 {
@@ -299,20 +477,20 @@ fn show_dev_state(out: &mut ShowBuf, f: u32) -> Result<(), Errno> {
 }
 
 /// md's `state_store` for a member.
-fn store_dev_state(health: &Health, slot: usize, data: &[u8]) -> Result<usize, Errno> {
+fn store_dev_state(health: &Health, id: usize, data: &[u8]) -> Result<usize, Errno> {
     let w = word(data);
     match w {
         // md_error; md answers EBUSY when the member could not be failed.
         b"faulty" => {
-            if health.fail_request(slot) {
+            if health.fail_request(id) {
                 Ok(data.len())
             } else {
                 Err(libc::EBUSY)
             }
         }
-        b"-blocked" => health.set_blocked(slot, false).map(|()| data.len()),
-        b"blocked" => health.set_blocked(slot, true).map(|()| data.len()),
-        b"remove" => health.remove(slot).map(|()| data.len()),
+        b"-blocked" => health.set_blocked(id, false).map(|()| data.len()),
+        b"blocked" => health.set_blocked(id, true).map(|()| data.len()),
+        b"remove" => health.remove(id).map(|()| data.len()),
         // Spares, re-add and the other flags arrive with recovery.
         _ if DEV_STATE_WORDS.iter().any(|k| k.as_bytes() == w) => Err(libc::EBUSY),
         _ => Err(libc::EINVAL),
@@ -770,131 +948,92 @@ pub fn publish(fs: &Arc<Kernfs>, parent: &NodeRef, array: &Array, readonly: bool
         )?);
     }
 
-    // Members.
-    let mut members: Vec<Option<(NodeRef, NodeRef)>> = (0..raid_disks).map(|_| None).collect();
-    let mut used = std::collections::HashSet::new();
-    for (slot, m) in array.slots.0.iter().enumerate() {
-        let Some(m) = m else { continue };
-        let mut name = dev_name(m.dev.path());
-        if !used.insert(name.clone()) {
-            name = format!("{name}.{slot}");
-            used.insert(name.clone());
-        }
-        let dirname = format!("dev-{name}");
-        let dir = fs.create_dir(&md, &dirname, 0o755)?;
-        let (h, h2) = (array.health().clone(), array.health().clone());
-        let st_node = fs.create_attr(
-            &dir,
-            "state",
-            RW,
-            pre(Arc::new(FnAttr {
-                show: move |out: &mut ShowBuf| show_dev_state(out, h.flags(slot).unwrap_or(0)),
-                store: move |data: &[u8]| store_dev_state(&h2, slot, data),
-            })),
-        )?;
-        let slot_store = |data: &[u8]| -> Result<usize, Errno> {
-            if word(data) == b"none" {
-                return Err(libc::EBUSY);
-            }
-            parse_u64(data).and(Err(libc::EBUSY))
-        };
+    // Members: a directory per member (ids: assembled slots, then members
+    // added later through `new_dev`).
+    let tree = Arc::new(MemberTree {
+        fs: fs.clone(),
+        md_dir: md.clone(),
+        health: array.health().clone(),
+        machine: machine.clone(),
+        members: Mutex::new((0..raid_disks + MAX_ADDED).map(|_| None).collect()),
+        degraded: std::sync::OnceLock::new(),
+    });
+    if let Some(d) = degraded {
+        let _ = tree.degraded.set(d);
+    }
+    let ids: Vec<usize> = array.slots.all().map(|(id, _)| id).collect();
+    for id in ids {
+        tree.create_dir(id)?;
+    }
+    // md's `new_dev`: umd takes the path of a member device or image file
+    // (md takes major:minor), opened read-write, added as a spare.
+    if !readonly {
+        let t = Arc::downgrade(&tree);
+        let template = array.sb.clone();
         fs.create_attr(
-            &dir,
-            "slot",
-            RW,
-            plain(Arc::new(FnAttr {
-                show: move |out: &mut ShowBuf| line(out, format_args!("{slot}")),
-                store: slot_store,
-            })),
-        )?;
-        let offset = m.sb.data_offset;
-        fs.create_attr(
-            &dir,
-            "offset",
-            RW,
-            plain(Arc::new(FnAttr {
-                show: move |out: &mut ShowBuf| line(out, format_args!("{offset}")),
-                store: busy_number,
-            })),
-        )?;
-        let size_kib = m.sb.data_size / 2;
-        fs.create_attr(
-            &dir,
-            "size",
-            RW,
-            plain(Arc::new(FnAttr {
-                show: move |out: &mut ShowBuf| line(out, format_args!("{size_kib}")),
-                store: busy_number,
-            })),
-        )?;
-        // The member's corrected read errors (`SlotMember::read_errors`).
-        let (sl, sl2) = (Arc::clone(&array.slots), Arc::clone(&array.slots));
-        fs.create_attr(
-            &dir,
-            "errors",
-            RW,
-            plain(Arc::new(FnAttr {
-                show: move |out: &mut ShowBuf| {
-                    let m = sl.0.get(slot).and_then(Option::as_ref);
-                    let e = m.map_or(0, |m| m.read_errors.load(Ordering::Relaxed));
-                    line(out, format_args!("{e}"))
-                },
+            &md,
+            "new_dev",
+            0o200,
+            plain_attr(Arc::new(FnAttr {
+                show: |_: &mut ShowBuf| Err(libc::EACCES),
                 store: move |data: &[u8]| {
-                    let v = u32::try_from(parse_u64(data)?).map_err(|_| libc::EINVAL)?;
-                    if let Some(m) = sl2.0.get(slot).and_then(Option::as_ref) {
-                        m.read_errors.store(v, Ordering::Relaxed);
-                    }
-                    Ok(data.len())
+                    let t = t.upgrade().ok_or(libc::ENODEV)?;
+                    add_new_dev(&t, &template, data).map(|()| data.len())
                 },
             })),
         )?;
-        let rec = m.sb.recovery_offset;
-        let recovering = m.sb.has_feature(crate::superblock::feature::RECOVERY_OFFSET);
-        let recovery_store = |data: &[u8]| -> Result<usize, Errno> {
-            if word(data) == b"none" {
-                return Err(libc::EBUSY);
-            }
-            parse_u64(data).and(Err(libc::EBUSY))
-        };
-        fs.create_attr(
-            &dir,
-            "recovery_start",
-            RW,
-            plain(Arc::new(FnAttr {
-                show: move |out: &mut ShowBuf| {
-                    if recovering {
-                        line(out, format_args!("{rec}"))
-                    } else {
-                        line(out, format_args!("none"))
-                    }
-                },
-                store: recovery_store,
-            })),
-        )?;
-        // Linux links dev-*/block to the member's block device; umd links
-        // it to the member's path, which `umd detail` reads superblocks from.
-        let target = std::fs::canonicalize(m.dev.path()).unwrap_or_else(|_| m.dev.path().to_path_buf());
-        fs.create_symlink(&dir, "block", &target.to_string_lossy())?;
-        fs.create_symlink(&md, &format!("rd{slot}"), &dirname)?;
-        members[slot] = Some((dir, st_node));
     }
     let timer =
         if readonly { None } else { Some(StateMachine::start_timer(&machine).map_err(|_| libc::EAGAIN)?) };
-    let members = Arc::new(Mutex::new(members));
     // Failures block writes until the manager has recorded them; a
     // read-only array has no manager and no writes.
-    array.health().set_events(
-        Arc::new(TreeEvents {
-            fs: fs.clone(),
-            md_dir: md.clone(),
-            machine: machine.clone(),
-            members: members.clone(),
-            degraded,
-        }),
-        !readonly,
-    );
+    array.health().set_events(Arc::new(TreeEvents(Arc::downgrade(&tree))), !readonly);
     fs.activate(&md);
-    Ok(MdSysfs { fs: fs.clone(), md_dir: md, array_state, sync_action, members, state, _timer: timer })
+    Ok(MdSysfs { md_dir: md, array_state, sync_action, tree, state, _timer: timer })
+}
+
+/// md's `new_dev` store: `data` is the path of a device or image file; it
+/// is opened read-write, checked (not a member already, large enough for
+/// the array's data offset and component size) and added as a spare with
+/// its own directory. The metadata manager gives it a slot (`slot`
+/// store) and writes its superblock; md then recovers it.
+fn add_new_dev(
+    tree: &Arc<MemberTree>,
+    template: &crate::superblock::Superblock,
+    data: &[u8],
+) -> Result<(), Errno> {
+    let text = std::str::from_utf8(word(data)).map_err(|_| libc::EINVAL)?;
+    if text.is_empty() || text.contains('\0') {
+        return Err(libc::EINVAL);
+    }
+    let path = std::path::PathBuf::from(text);
+    let canon = std::fs::canonicalize(&path).map_err(|e| e.raw_os_error().unwrap_or(libc::ENOENT))?;
+    let slots = tree.health.slots();
+    for (_, m) in slots.all() {
+        let theirs = std::fs::canonicalize(m.dev.path()).unwrap_or_else(|_| m.dev.path().to_path_buf());
+        if theirs == canon && m.flags() & flags::REMOVED == 0 {
+            return Err(libc::EEXIST);
+        }
+    }
+    let dev = blockio::Member::open_with(
+        &canon,
+        &blockio::MemberOptions {
+            access: blockio::Access::ReadWrite,
+            direct: blockio::Direct::Never,
+            faults: None,
+        },
+    )
+    .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+    let sectors = dev.size() / 512;
+    // The array's layout on it: its data offset, all the space after it.
+    let mut sb = template.clone();
+    if sectors < sb.data_offset + sb.size {
+        return Err(libc::ENOSPC);
+    }
+    sb.data_size = sectors - sb.data_offset;
+    sb.recovery_offset = 0;
+    let id = tree.health.add(SlotMember::new(Arc::new(dev), sb))?;
+    tree.create_dir(id)
 }
 
 #[cfg(test)]

@@ -168,7 +168,7 @@ fn reads_seen(f: &Fixture, slot: usize) -> u64 {
 }
 
 fn read_errors(array: &Array, slot: usize) -> u32 {
-    let m = array.slots.0[slot].as_ref().expect("member");
+    let m = array.slots.get(slot).expect("member");
     m.read_errors.load(std::sync::atomic::Ordering::Relaxed)
 }
 

@@ -78,7 +78,7 @@ fn values_match_what_md_showed_for_every_fixture() {
             let degraded = if name.contains("degraded") { "1\n" } else { "0\n" };
             assert_eq!(read(&fs, "md/degraded"), degraded, "{name}");
         }
-        for (slot, m) in asm.array.slots.0.iter().enumerate() {
+        for (slot, m) in asm.array.slots.iter().enumerate() {
             let rd = fs.walk(&format!("md/rd{slot}"));
             let Some(m) = m else {
                 assert!(rd.is_none(), "{name}: rd{slot} for a missing member");

@@ -129,10 +129,9 @@ type MemberMap = Vec<Option<(PathBuf, u64)>>;
 fn member_map(array: &Array) -> MemberMap {
     array
         .slots
-        .0
         .iter()
         .map(|s| {
-            s.as_ref().map(|m| {
+            s.map(|m| {
                 assert_eq!(
                     m.data_start,
                     m.sb.data_offset * 512,
@@ -1085,7 +1084,7 @@ fn too_many_missing_refuses_writes() {
         let (sb, pers, slots) = whole.into_parts();
         let mut slots = slots.expect("slots not shared before any write");
         for &g in &gone {
-            slots.0[g] = None;
+            slots.clear(g);
         }
         let array = Array::new(sb, pers, slots);
         assert!(array.writable());

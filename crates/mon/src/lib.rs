@@ -147,6 +147,8 @@ pub struct Stats {
     pub failures: AtomicU64,
     /// Failed members removed from the array and let go of.
     pub removed: AtomicU64,
+    /// Spares given a slot (and handed to the monitor).
+    pub spares: AtomicU64,
 }
 
 /// Writes one log line to stderr without allocating (truncated at 512
@@ -216,6 +218,11 @@ pub struct MemberEntry {
     path: PathBuf,
     /// `md/dev-NAME/state`, read-write (the monitor stores `-blocked`).
     state: File,
+    /// `md/dev-NAME/recovery_start`: how far md has rebuilt it.
+    recovery: File,
+    /// The `recovery_offset` its superblock holds (`None`: in sync, the
+    /// feature bit clear).
+    recovery_recorded: Option<u64>,
     sb: SbMember,
     queue: Queue,
     _engine: Engine,
@@ -232,14 +239,8 @@ impl MemberEntry {
     /// O_DIRECT where possible, loads its superblock into a pool buffer of
     /// its own, opens its `state` read-write. May allocate: manager side.
     fn open(md: &Path, dir_name: &str, slot: usize, path: &Path) -> Result<(MemberEntry, Found), MonError> {
-        let state = open_attr(&md.join(dir_name).join("state"), true)?;
-        let m = Member::open_with(
-            path,
-            &MemberOptions { access: Access::ReadWrite, direct: Direct::Auto, faults: None },
-        )
-        .map_err(|e| MonError(format!("{}: {e}", path.display())))?;
         // Read through the page cache (any alignment), written later with
-        // direct I/O through `m`.
+        // direct I/O.
         let reader = Member::open_with(
             path,
             &MemberOptions { access: Access::ReadOnly, direct: Direct::Never, faults: None },
@@ -247,10 +248,31 @@ impl MemberEntry {
         .map_err(|e| MonError(format!("{}: {e}", path.display())))?;
         let f = superblock::load(&reader, None, true)
             .map_err(|e| MonError(format!("{}: superblock: {e}", path.display())))?;
+        let entry = MemberEntry::with_block(md, dir_name, slot, path, &f.sb, &f.raw)?;
+        Ok((entry, f))
+    }
+
+    /// A member whose superblock is `sb`, encoded in `raw` (its first
+    /// [`MAX_SB_SIZE`] bytes go to the buffer). May allocate: manager side.
+    fn with_block(
+        md: &Path,
+        dir_name: &str,
+        slot: usize,
+        path: &Path,
+        sb: &superblock::Superblock,
+        raw: &[u8],
+    ) -> Result<MemberEntry, MonError> {
+        let state = open_attr(&md.join(dir_name).join("state"), true)?;
+        let recovery = open_attr(&md.join(dir_name).join("recovery_start"), false)?;
+        let m = Member::open_with(
+            path,
+            &MemberOptions { access: Access::ReadWrite, direct: Direct::Auto, faults: None },
+        )
+        .map_err(|e| MonError(format!("{}: {e}", path.display())))?;
         let align = m.alignment().offset.max(512) as usize;
-        let len = f.sb.sb_bytes().div_ceil(align) * align;
-        let offset = f.sb.super_offset * 512;
-        if len > MAX_SB_SIZE || offset % align as u64 != 0 {
+        let len = sb.sb_bytes().div_ceil(align) * align;
+        let offset = sb.super_offset * 512;
+        if len > MAX_SB_SIZE || !offset.is_multiple_of(align as u64) {
             return err(format!(
                 "{}: superblock at byte {offset} ({len} bytes) cannot be written with direct I/O blocks of {align}",
                 path.display()
@@ -259,24 +281,27 @@ impl MemberEntry {
         let pool = BufPool::new(PoolConfig { count: 1, size: MAX_SB_SIZE, huge_pages: false })
             .map_err(|e| MonError(format!("buffer pool: {e}")))?;
         let mut buf = pool.take().ok_or_else(|| MonError("buffer pool exhausted".into()))?;
-        buf[..MAX_SB_SIZE].copy_from_slice(&f.raw[..MAX_SB_SIZE]);
+        buf[..MAX_SB_SIZE].copy_from_slice(&raw[..MAX_SB_SIZE]);
         let engine =
             Engine::new(EngineKind::Sync, vec![m], pool).map_err(|e| MonError(format!("engine: {e}")))?;
         let queue = engine.queue(1).map_err(|e| MonError(format!("engine queue: {e}")))?;
+        let recovering = sb.has_feature(superblock::feature::RECOVERY_OFFSET);
         let entry = MemberEntry {
             slot,
-            dev_number: f.sb.dev_number,
+            dev_number: sb.dev_number,
             dir_name: dir_name.to_string(),
             path: path.to_path_buf(),
             state,
-            sb: SbMember { offset, len, max_dev: f.sb.max_dev, buf: Some(buf) },
+            recovery,
+            recovery_recorded: recovering.then_some(sb.recovery_offset),
+            sb: SbMember { offset, len, max_dev: sb.max_dev, buf: Some(buf) },
             queue,
             _engine: engine,
             failed: false,
             recorded: false,
             blocked: false,
         };
-        Ok((entry, f))
+        Ok(entry)
     }
 
     /// Writes this member's superblock block as it is in its buffer
@@ -304,6 +329,16 @@ pub enum Update {
     Retire {
         /// The slot.
         slot: usize,
+    },
+    /// Manager → monitor: manage a member that now holds `slot` (a spare
+    /// md is recovering there); its superblock is written, its files
+    /// open. The box comes back empty (`Unapplied`) or holding a member
+    /// the slot had (`Retired`).
+    Install {
+        /// The slot.
+        slot: usize,
+        /// The member.
+        entry: Box<MemberEntry>,
     },
     /// Monitor → manager: a member the monitor let go of, to be closed
     /// and freed on the manager thread.
@@ -369,6 +404,8 @@ pub struct Monitor {
     dirty: bool,
     /// The `resync_offset` the clean superblocks on disk hold.
     recorded: u64,
+    /// A member was installed: the superblocks are written this round.
+    structural: bool,
     shared: Arc<Shared>,
 }
 
@@ -530,6 +567,7 @@ impl Monitor {
             events,
             dirty,
             recorded,
+            structural: false,
             shared,
         })
     }
@@ -638,13 +676,91 @@ impl Monitor {
         }
     }
 
+    /// Puts `entry` in `slot`: its roles table copied from a member in
+    /// service, its role (the slot) set in every member's buffer, its
+    /// `state` polled; the superblocks are written this round. Returns
+    /// what goes back to the manager. Allocation-free.
+    fn install(&mut self, slot: usize, mut entry: Box<MemberEntry>) -> Update {
+        let pfd = self.member_pfd(slot);
+        let Some(cell) = self.members.get_mut(slot) else { return Update::Retired(entry) };
+        let old = cell.take();
+        let dev = entry.dev_number;
+        let Ok(role) = u16::try_from(slot) else { return Update::Retired(entry) };
+        if let (Some(src), Some(dst)) = (
+            self.members.iter().flatten().find(|m| !m.failed).and_then(|m| m.sb.buf.as_ref()),
+            entry.sb.buf.as_mut(),
+        ) {
+            let n = 256 + 2 * entry.sb.max_dev as usize;
+            if n <= MAX_SB_SIZE {
+                dst[256..n].copy_from_slice(&src[256..n]);
+            }
+        }
+        for m in self.members.iter_mut().flatten().chain(std::iter::once(&mut entry)) {
+            let max_dev = m.sb.max_dev;
+            if let Some(buf) = m.sb.buf.as_mut() {
+                set_role(buf, max_dev, dev, role);
+            }
+        }
+        self.pollfds[pfd].fd = entry.state.as_raw_fd();
+        log(format_args!("{} takes slot {slot}: managing its superblock", entry.path.display()));
+        self.members[slot] = Some(entry);
+        self.structural = true;
+        match old {
+            Some(o) => Update::Retired(o),
+            None => Update::Unapplied,
+        }
+    }
+
+    /// Reads every member's `recovery_start`: a moved recovery checkpoint
+    /// (or its end) goes into that member's buffer. Returns whether one
+    /// moved. Allocation-free.
+    fn read_recovery(&mut self, word: &mut [u8]) -> bool {
+        let mut moved = false;
+        for m in self.members.iter_mut().flatten() {
+            if m.failed {
+                continue;
+            }
+            let Ok(n) = read_attr(&m.recovery, word) else { continue };
+            let t = word[..n].strip_suffix(b"\n").unwrap_or(&word[..n]);
+            let now = if t == b"none" {
+                None
+            } else {
+                match std::str::from_utf8(t).ok().and_then(|t| t.parse::<u64>().ok()) {
+                    Some(v) => Some(v),
+                    None => continue,
+                }
+            };
+            if now == m.recovery_recorded {
+                continue;
+            }
+            if let Some(buf) = m.sb.buf.as_mut() {
+                let mut fm = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]);
+                match now {
+                    Some(v) => {
+                        fm |= superblock::feature::RECOVERY_OFFSET;
+                        buf[152..160].copy_from_slice(&v.to_le_bytes());
+                    }
+                    None => {
+                        fm &= !superblock::feature::RECOVERY_OFFSET;
+                        buf[152..160].copy_from_slice(&0u64.to_le_bytes());
+                    }
+                }
+                buf[8..12].copy_from_slice(&fm.to_le_bytes());
+            }
+            m.recovery_recorded = now;
+            moved = true;
+        }
+        moved
+    }
+
     /// Applies the manager's updates (while the manager's ring has room
     /// for the box to go back). Allocation-free: boxes only move.
     fn apply_updates(&mut self) {
         let mut applied = false;
         while self.shared.to_manager.has_room() {
             let Some(mut update) = self.shared.to_monitor.pop() else { break };
-            let back = match *update {
+            let back = match std::mem::replace(&mut *update, Update::Unapplied) {
+                Update::Install { slot, entry } => self.install(slot, entry),
                 Update::Retire { slot } => {
                     let pfd = self.member_pfd(slot);
                     match self.members.get_mut(slot).and_then(Option::take) {
@@ -656,9 +772,9 @@ impl Monitor {
                     }
                 }
                 // Not sent to the monitor; returned as they are.
-                Update::Retired(_) | Update::Unapplied => Update::Unapplied,
+                u @ (Update::Retired(_) | Update::Unapplied) => u,
             };
-            // The old contents (a `Retire`) hold nothing to free.
+            // The old contents moved out above: nothing is freed here.
             *update = back;
             // Cannot fail: room was checked and only this thread pushes.
             if let Err(b) = self.shared.to_manager.push(update) {
@@ -798,7 +914,9 @@ impl Monitor {
                 self.stats().errors.fetch_add(1, Ordering::Relaxed);
             }
             let mut member_word = [0u8; 128];
-            let pending = self.read_members(&mut member_word);
+            let failures = self.read_members(&mut member_word);
+            let moved = self.read_recovery(&mut member_word);
+            let pending = failures || moved || self.structural;
             let mut retry = false;
             // 1. Metadata first: new failures, and the dirty mark a
             //    write-pending array asks for, in one write.
@@ -813,6 +931,7 @@ impl Monitor {
                             self.set_dirty(true);
                         }
                         self.failures_recorded();
+                        self.structural = false;
                         recorded = true;
                     }
                     Some(Err(e)) => {
@@ -945,7 +1064,7 @@ fn manager(
     shared: Arc<Shared>,
     hooks: Hooks,
     md: PathBuf,
-    dirs: Vec<Option<String>>,
+    mut dirs: Vec<Option<String>>,
 ) {
     use std::io::{BufRead, BufReader};
     let _ = listener.set_nonblocking(true);
@@ -967,7 +1086,28 @@ fn manager(
             if let Update::Retired(entry) = *back {
                 log(format_args!("{} (slot {}) let go", entry.path.display(), entry.slot));
                 shared.stats.removed.fetch_add(1, Ordering::Relaxed);
+                let bit = 1u64 << entry.slot;
+                if retiring & bit != 0 {
+                    retiring &= !bit;
+                    shared.removable.fetch_and(!bit, Ordering::AcqRel);
+                    if dirs.get(entry.slot).and_then(Option::as_deref) == Some(entry.dir_name.as_str()) {
+                        dirs[entry.slot] = None;
+                    }
+                }
                 drop(entry);
+            }
+        }
+        // A spare and an empty slot: the spare takes it (mdmon's
+        // activate_spare) and md recovers it.
+        if outbox.is_empty() {
+            match activate_spare(&md, &dirs, retiring) {
+                Ok(Some((slot, entry))) => {
+                    dirs[slot] = Some(entry.dir_name.clone());
+                    shared.stats.spares.fetch_add(1, Ordering::Relaxed);
+                    outbox.push_back(Box::new(Update::Install { slot, entry: Box::new(entry) }));
+                }
+                Ok(None) => {}
+                Err(e) => log(format_args!("activating a spare: {e}")),
             }
         }
         // Removals.
@@ -1031,12 +1171,108 @@ fn manager(
     }
 }
 
+/// mdmon's `activate_spare`: if the array at `md` has an empty slot (no
+/// `rdN`, and not one whose member is being let go) and a spare (a
+/// `dev-*` with slot `none`, state `spare`), writes the spare's
+/// superblock — the array's, from a member in service, with a new device
+/// UUID, the lowest free `dev_number`, role = the slot, `recovery_offset` 0
+/// — with `O_DIRECT`, stores the slot (md then recovers the member), and
+/// returns the prepared [`MemberEntry`] for the monitor. Manager side: may
+/// allocate.
+fn activate_spare(
+    md: &Path,
+    dirs: &[Option<String>],
+    retiring: u64,
+) -> Result<Option<(usize, MemberEntry)>, MonError> {
+    let mut spare = None;
+    let mut source = None;
+    let rd = std::fs::read_dir(md).map_err(|e| MonError(format!("{}: {e}", md.display())))?;
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("dev-") {
+            continue;
+        }
+        let d = e.path();
+        let slot = std::fs::read_to_string(d.join("slot")).unwrap_or_default();
+        let state = std::fs::read_to_string(d.join("state")).unwrap_or_default();
+        let Ok(block) = std::fs::read_link(d.join("block")) else { continue };
+        if slot.trim() == "none" && state.trim() == "spare" {
+            spare.get_or_insert((name, block));
+        } else if state.trim() == "in_sync" {
+            source.get_or_insert(block);
+        }
+    }
+    let (Some((name, path)), Some(source)) = (spare, source) else { return Ok(None) };
+    let empty = (0..dirs.len()).find(|&s| retiring & (1 << s) == 0 && !md.join(format!("rd{s}")).exists());
+    let Some(slot) = empty else { return Ok(None) };
+    // The array's superblock, from a member in service.
+    let reader = Member::open_with(
+        &source,
+        &MemberOptions { access: Access::ReadOnly, direct: Direct::Never, faults: None },
+    )
+    .map_err(|e| MonError(format!("{}: {e}", source.display())))?;
+    let f = superblock::load(&reader, None, true)
+        .map_err(|e| MonError(format!("{}: superblock: {e}", source.display())))?;
+    let mut sb = f.sb.clone();
+    let size_kib: u64 = std::fs::read_to_string(md.join(&name).join("size"))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .ok_or_else(|| MonError(format!("{name}: size unreadable")))?;
+    // md picks the lowest descriptor number no member holds.
+    let held: Vec<u16> = sb.dev_roles.clone();
+    let free = (0..sb.max_dev).find(|&i| {
+        held.get(i as usize).is_some_and(|&r| r == superblock::MD_DISK_ROLE_SPARE || r == ROLE_FAULTY)
+    });
+    let Some(dev_number) = free else {
+        return err(format!("{name}: no free device number among {} in the superblock", sb.max_dev));
+    };
+    sb.dev_number = dev_number;
+    sb.device_uuid = new_uuid();
+    sb.data_size = size_kib * 2;
+    sb.recovery_offset = 0;
+    sb.feature_map |= superblock::feature::RECOVERY_OFFSET;
+    sb.cnt_corrected_read = 0;
+    let Ok(role) = u16::try_from(slot) else { return err(format!("slot {slot} out of range")) };
+    if let Some(r) = sb.dev_roles.get_mut(dev_number as usize) {
+        *r = role;
+    }
+    sb.update_checksum();
+    let mut raw = vec![0u8; MAX_SB_SIZE];
+    sb.encode(&mut raw);
+    let mut entry = MemberEntry::with_block(md, &name, slot, &path, &sb, &raw)?;
+    entry
+        .write_sb()
+        .map_err(|e| MonError(format!("{}: writing its superblock: errno {e}", path.display())))?;
+    // md gives it the slot and recovers it there.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(md.join(&name).join("slot"))
+        .and_then(|mut f| f.write_all(slot.to_string().as_bytes()))
+        .map_err(|e| MonError(format!("{name}: storing slot {slot}: {e}")))?;
+    log(format_args!("{} (spare) takes slot {slot}; md recovers it", path.display()));
+    Ok(Some((slot, entry)))
+}
+
+/// A random device UUID (from the kernel's random source).
+fn new_uuid() -> [u8; 16] {
+    let mut u = [0u8; 16];
+    // SAFETY: getrandom writes at most 16 bytes into `u`.
+    let n = unsafe { libc::getrandom(u.as_mut_ptr().cast(), u.len(), 0) };
+    if n != 16 {
+        // Fall back on time and PID: unique enough for a device UUID.
+        let t =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        u.copy_from_slice(&(t ^ u128::from(std::process::id())).to_le_bytes());
+    }
+    u
+}
+
 /// The `status` reply.
 pub fn status_line(stats: &Stats, hooks: Hooks) -> String {
     let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
     format!(
         "state={} dirty={} events={} acks={} cleans={} sb_writes={} errors={} failures={} removed={} \
-         monitor_allocs={}",
+         spares={} monitor_allocs={}",
         decode_state(stats.state.load(Ordering::Relaxed)),
         stats.dirty.load(Ordering::Relaxed),
         l(&stats.events),
@@ -1046,6 +1282,7 @@ pub fn status_line(stats: &Stats, hooks: Hooks) -> String {
         l(&stats.errors),
         l(&stats.failures),
         l(&stats.removed),
+        l(&stats.spares),
         (hooks.monitor_allocs)()
     )
 }

@@ -166,3 +166,69 @@ pub fn remove(dir: &Path, member: &Path) -> CmdResult {
         Err(e) => Err(CliError(format!("{}: storing remove: {e}", member.display()))),
     }
 }
+
+/// `umd add DIR MEMBER`: mdadm's `--add`. The member (a device or an image
+/// file at least as large as the others' data offset plus component size)
+/// is added as a spare through `DIR/md/new_dev`; the metadata manager
+/// gives it the first empty slot and writes its superblock, and md
+/// recovers it there. Waits (up to 10 s) until it holds a slot, unless
+/// the array has none empty (then it stays a spare).
+pub fn add(dir: &Path, member: &Path) -> CmdResult {
+    let md = md_dir(dir)?;
+    let canon = std::fs::canonicalize(member).map_err(|e| CliError(format!("{}: {e}", member.display())))?;
+    if let Some(d) = find(&md, member)? {
+        return Err(CliError(format!(
+            "{}: already a member of the array at {} (slot {}, {})",
+            member.display(),
+            dir.display(),
+            d.slot,
+            read_state(&d)
+        )));
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(md.join("new_dev"))
+        .and_then(|mut f| f.write_all(canon.to_string_lossy().as_bytes()))
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOENT) if !md.join("new_dev").exists() => {
+                CliError(format!("{}: the array is read-only: members cannot be added", dir.display()))
+            }
+            Some(libc::ENOSPC) => CliError(format!(
+                "{}: too small for the array at {} (it needs the data offset plus the component size)",
+                member.display(),
+                dir.display()
+            )),
+            Some(libc::EEXIST) => {
+                CliError(format!("{}: already a member of the array at {}", member.display(), dir.display()))
+            }
+            _ => CliError(format!("{}: adding to {}: {e}", member.display(), dir.display())),
+        })?;
+    println!("umd: added {} to {} as a spare", member.display(), dir.display());
+    let degraded =
+        std::fs::read_to_string(md.join("degraded")).ok().and_then(|t| t.trim().parse::<u64>().ok());
+    if degraded == Some(0) {
+        return Ok(());
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(d) = find(&md, member)? {
+            if d.slot != "none" && !d.slot.is_empty() {
+                println!(
+                    "umd: {} takes slot {}; recovery runs (`umd wait {}`)",
+                    member.display(),
+                    d.slot,
+                    dir.display()
+                );
+                return Ok(());
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(CliError(format!(
+                "{}: added as a spare, but no slot after 10 s: is `umd mon {}` running?",
+                member.display(),
+                dir.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
