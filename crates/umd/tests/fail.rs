@@ -328,3 +328,150 @@ fn fail_and_remove_bad_input() {
     verify(&a.dir, &model, "at the end");
     a.stop();
 }
+
+/// Polls until `sync_action` is idle and `degraded` is 0 (60 s at most).
+fn wait_recovered(dir: &Path, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let action = std::fs::read_to_string(dir.join("md/sync_action")).unwrap_or_default();
+        let degraded = std::fs::read_to_string(dir.join("md/degraded")).unwrap_or_default();
+        if action.trim() == "idle" && degraded.trim() == "0" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: not recovered after 60 s ({action:?}, degraded {degraded:?})");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `check` and returns `mismatch_cnt`.
+fn check(dir: &Path, what: &str) -> u64 {
+    write_attr(&dir.join("md/sync_action"), "check");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let action = std::fs::read_to_string(dir.join("md/sync_action")).unwrap_or_default();
+        if action.trim() == "idle" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{what}: check still running after 60 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::read_to_string(dir.join("md/mismatch_cnt")).expect("mismatch_cnt").trim().parse().expect("number")
+}
+
+/// `umd add` of a fresh member after a failure, every redundant level:
+/// the manager gives it the empty slot and writes its superblock, md
+/// recovers it while writes go on, and the array is whole again: every
+/// byte right, `check` finds no mismatch, the superblocks agree, and it
+/// assembles from the members in service without the failed one.
+#[test]
+fn add_recovers_every_level() {
+    let levels: [(&str, usize, &[&str]); 5] = [
+        ("1", 2, &[]),
+        ("4", 3, &["-c", "64"]),
+        ("5", 4, &["-c", "64"]),
+        ("6", 5, &["-c", "64"]),
+        ("10", 4, &["-c", "64"]),
+    ];
+    for (level, n, extra) in levels {
+        let s = Scratch::new(&format!("add-raid{level}"));
+        let all = members(&s, n);
+        let mut args = vec!["-l", level, "-n"];
+        let ns = n.to_string();
+        args.push(&ns);
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["-z", "8M", "--assume-clean"]);
+        create(&args, &all);
+        let tag = format!("raid{level}");
+        let (a, _) = Served::assemble(&s.path("mnt"), &all, &[]);
+        let size = data_file(&a.dir).metadata().expect("stat data").len() as usize;
+        let mut model = vec![0u8; size];
+        data_file(&a.dir).read_exact_at(&mut model, 0).expect("read initial content");
+        let mut rng = Rng::new(0xadd + n as u64);
+        random_writes(&data_file(&a.dir), &mut model, &mut rng, 40, 400_000);
+
+        let victim = all[1].clone();
+        umd_ok(&[&"fail", &a.dir, &victim]);
+        wait_until(&format!("{tag}: victim removed"), || dev_dir(&a.dir, &victim).is_none());
+        // Slow recovery down so writes land while it runs.
+        write_attr(&a.md("sync_speed_max"), "20000");
+        let fresh = s.path("fresh.img");
+        std::fs::write(&fresh, vec![0x5a; std::fs::metadata(&all[0]).expect("size").len() as usize])
+            .expect("fill fresh image");
+        let out = umd_ok(&[&"add", &a.dir, &fresh]);
+        assert!(out.contains("takes slot 1"), "{tag}: umd add said {out:?}");
+        // Writes while it recovers.
+        random_writes(&data_file(&a.dir), &mut model, &mut rng, 40, 200_000);
+        write_attr(&a.md("sync_speed_max"), "system");
+        wait_recovered(&a.dir, &tag);
+        let dev = dev_dir(&a.dir, &fresh).expect("the new member's directory");
+        assert_eq!(std::fs::read_to_string(dev.join("state")).expect("state").trim(), "in_sync", "{tag}");
+        assert_eq!(std::fs::read_to_string(dev.join("slot")).expect("slot").trim(), "1", "{tag}");
+        verify(&a.dir, &model, &format!("{tag}: after recovery"));
+        assert_eq!(check(&a.dir, &tag), 0, "{tag}: mismatches after recovery");
+        let st = status_until(&a.dir, "spare activated", |st| st["spares"] == "1");
+        assert_eq!((num(&st, "errors"), num(&st, "monitor_allocs")), (0, 0), "{tag}: status {st:?}");
+        a.stop();
+
+        // The superblocks: every member in service, the new one included,
+        // says all slots active, same events; the new one is in sync.
+        let now: Vec<PathBuf> = all.iter().map(|m| if *m == victim { fresh.clone() } else { m.clone() }).collect();
+        let events: Vec<u64> = now.iter().map(|m| roles(m).1).collect();
+        assert!(events.iter().all(|&e| e == events[0]), "{tag}: events {events:?}");
+        for m in &now {
+            let state = mdadm_array_state(m);
+            assert_eq!(state, "A".repeat(n), "{tag}: mdadm Array State of {}", m.display());
+        }
+        let text = String::from_utf8_lossy(&run(Command::new("mdadm").arg("--examine").arg(&fresh)).stdout)
+            .into_owned();
+        assert!(text.contains("Active device 1"), "{tag}: mdadm --examine of the new member:\n{text}");
+        assert!(!text.contains("Recovery Offset"), "{tag}: recovery offset left:\n{text}");
+
+        // Assembled again from all images: the failed one stays out, the
+        // array is whole.
+        let mut with_old = now.clone();
+        with_old.push(victim.clone());
+        let (b, ready) = Served::assemble(&s.path("mnt"), &with_old, &[]);
+        assert!(!ready.contains("DEGRADED"), "{tag}: ready line {ready:?}");
+        verify(&b.dir, &model, &format!("{tag}: re-assembled"));
+        b.stop();
+        // Every byte of the new member is right: read with it alone
+        // standing in for its slot's redundancy (its neighbour left out).
+        let without: Vec<PathBuf> = now.iter().filter(|m| **m != now[0]).cloned().collect();
+        let out = run(umd().arg("extract").arg("-o").arg(s.path("out")).args(&without));
+        assert!(out.status.success(), "{tag}: extract: {}", String::from_utf8_lossy(&out.stderr));
+        let back = std::fs::read(s.path("out")).expect("read extract");
+        assert!(back == model, "{tag}: extract without member 0 differs");
+    }
+}
+
+/// `umd add` refuses what it cannot use, changing nothing.
+#[test]
+fn add_bad_input() {
+    let s = Scratch::new("add-bad");
+    let all = members(&s, 4);
+    create(&RAID5, &all);
+    let (a, _) = Served::assemble(&s.path("mnt"), &all, &[]);
+    let small = s.path("small.img");
+    std::fs::write(&small, vec![0u8; 1 << 20]).expect("small image");
+    let e = umd_err(&[&"add", &a.dir, &small]);
+    assert!(e.contains("too small"), "add of a small file: {e}");
+    let e = umd_err(&[&"add", &a.dir, &all[2]]);
+    assert!(e.contains("already a member"), "add of a member: {e}");
+    let e = umd_err(&[&"add", &a.dir, &s.path("missing.img")]);
+    assert!(e.contains("missing.img"), "add of a missing file: {e}");
+    assert_eq!(std::fs::read_to_string(a.md("degraded")).expect("degraded").trim(), "0");
+    let names: Vec<String> = std::fs::read_dir(a.dir.join("md"))
+        .expect("md")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("dev-"))
+        .collect();
+    assert_eq!(names.len(), 4, "members after refused adds: {names:?}");
+    a.stop();
+    let (r, _) = Served::assemble(&s.path("ro"), &all, &["--readonly"]);
+    let spare = s.path("spare.img");
+    std::fs::copy(&all[0], &spare).expect("copy");
+    let e = umd_err(&[&"add", &r.dir, &spare]);
+    assert!(e.contains("read-only"), "add to a read-only array: {e}");
+    r.stop();
+}
