@@ -13,8 +13,15 @@
 //!   the error does not return and the survivors' superblocks do not
 //!   change; a manager started by hand records the failure, and only then
 //!   does the write return.
+//! * Every redundant level, a member failing its writes in the middle of
+//!   a write burst: the burst completes degraded, every byte right.
+//! * `umd add` of a fresh member after a failure, every redundant level:
+//!   the manager gives it the empty slot and writes its superblock, md
+//!   recovers it while writes go on; then `check` finds 0 mismatches, the
+//!   superblocks agree and the array assembles whole.
 //! * Bad input changes nothing: failing a member the array cannot lose,
-//!   removing a member in service, naming something that is no member.
+//!   removing a member in service, naming something that is no member,
+//!   adding a file too small, a member, or to a read-only array.
 
 mod common;
 
@@ -338,7 +345,10 @@ fn wait_recovered(dir: &Path, what: &str) {
         if action.trim() == "idle" && degraded.trim() == "0" {
             return;
         }
-        assert!(Instant::now() < deadline, "{what}: not recovered after 60 s ({action:?}, degraded {degraded:?})");
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not recovered after 60 s ({action:?}, degraded {degraded:?})"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -355,7 +365,11 @@ fn check(dir: &Path, what: &str) -> u64 {
         assert!(Instant::now() < deadline, "{what}: check still running after 60 s");
         std::thread::sleep(Duration::from_millis(20));
     }
-    std::fs::read_to_string(dir.join("md/mismatch_cnt")).expect("mismatch_cnt").trim().parse().expect("number")
+    std::fs::read_to_string(dir.join("md/mismatch_cnt"))
+        .expect("mismatch_cnt")
+        .trim()
+        .parse()
+        .expect("number")
 }
 
 /// `umd add` of a fresh member after a failure, every redundant level:
@@ -414,7 +428,8 @@ fn add_recovers_every_level() {
 
         // The superblocks: every member in service, the new one included,
         // says all slots active, same events; the new one is in sync.
-        let now: Vec<PathBuf> = all.iter().map(|m| if *m == victim { fresh.clone() } else { m.clone() }).collect();
+        let now: Vec<PathBuf> =
+            all.iter().map(|m| if *m == victim { fresh.clone() } else { m.clone() }).collect();
         let events: Vec<u64> = now.iter().map(|m| roles(m).1).collect();
         assert!(events.iter().all(|&e| e == events[0]), "{tag}: events {events:?}");
         for m in &now {
@@ -474,4 +489,63 @@ fn add_bad_input() {
     let e = umd_err(&[&"add", &r.dir, &spare]);
     assert!(e.contains("read-only"), "add to a read-only array: {e}");
     r.stop();
+}
+
+/// Every redundant level: a member starts failing its writes in the
+/// middle of a write burst (blockio fault injection); every write of the
+/// burst completes, the member is failed, recorded on the survivors (real
+/// `mdadm --examine`) and removed, and every byte reads back right.
+#[test]
+fn write_errors_during_a_burst_every_level() {
+    let levels: [(&str, usize, &[&str]); 5] = [
+        ("1", 2, &[]),
+        ("4", 3, &["-c", "64"]),
+        ("5", 4, &["-c", "64"]),
+        ("6", 5, &["-c", "64"]),
+        ("10", 4, &["-c", "64"]),
+    ];
+    for (level, n, extra) in levels {
+        let s = Scratch::new(&format!("burst-raid{level}"));
+        let all = members(&s, n);
+        let mut args = vec!["-l", level, "-n"];
+        let ns = n.to_string();
+        args.push(&ns);
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["-z", "4M", "--assume-clean"]);
+        create(&args, &all);
+        let tag = format!("raid{level}");
+        let victim = all[n - 1].clone();
+        let victim_arg = victim.to_string_lossy().into_owned();
+        let (a, _) = Served::assemble_hooks(
+            &s.path("mnt"),
+            &all,
+            &["--member-faults", &victim_arg, "disarmed,write:fail"],
+            true,
+        );
+        let size = data_file(&a.dir).metadata().expect("stat data").len() as usize;
+        let mut model = vec![0u8; size];
+        data_file(&a.dir).read_exact_at(&mut model, 0).expect("read initial content");
+        let mut rng = Rng::new(0xb0 + n as u64);
+        random_writes(&data_file(&a.dir), &mut model, &mut rng, 30, 200_000);
+        let victim_sb = sb_block(&victim);
+        write_attr(&a.dir.join("umd-test-hook"), "faults arm");
+        // The burst goes on: every write succeeds (random_writes panics on
+        // a failed pwrite).
+        random_writes(&data_file(&a.dir), &mut model, &mut rng, 80, 200_000);
+        wait_until(&format!("{tag}: failing member removed"), || dev_dir(&a.dir, &victim).is_none());
+        verify(&a.dir, &model, &format!("{tag}: after the burst"));
+        let st = status_until(&a.dir, "failure recorded", |st| st["failures"] == "1" && st["removed"] == "1");
+        assert_eq!(num(&st, "monitor_allocs"), 0, "{tag}: status {st:?}");
+        for m in &all[..n - 1] {
+            let state = mdadm_array_state(m);
+            assert_eq!(
+                state,
+                format!("{}.", "A".repeat(n - 1)),
+                "{tag}: mdadm Array State of {}",
+                m.display()
+            );
+        }
+        assert!(sb_block(&victim) == victim_sb, "{tag}: the failed member's superblock was written");
+        a.stop();
+    }
 }
