@@ -586,11 +586,19 @@ impl Faults {
     /// Records the old contents of a write's range in the undo log.
     fn capture(&self, file: &File, offset: u64, len: usize) -> Result<(), i32> {
         let errno = |e: io::Error| e.raw_os_error().unwrap_or(libc::EIO);
-        let mut old = Aligned::zeroed(len);
-        // Read through the member's own descriptor (O_DIRECT or not): the
-        // range is aligned (the engine checked it) and so is the buffer.
-        read_full(file, old.bytes_mut(), offset).map_err(errno)?;
+        // The undo covers whole sectors (a power cut keeps or loses a
+        // sector, never part of one): an unaligned buffered write is
+        // rounded out. Bytes past the end of the file read as zeros.
         let meta = file.metadata().map_err(errno)?;
+        let start = offset / SECTOR * SECTOR;
+        let end = (offset + len as u64).div_ceil(SECTOR) * SECTOR;
+        let mut old = Aligned::zeroed((end - start) as usize);
+        let avail = meta.len().clamp(start, end) - start;
+        // Read through the member's own descriptor (O_DIRECT or not): for
+        // direct I/O the range is aligned already (the engine checked it)
+        // and so is the buffer.
+        read_full(file, &mut old.bytes_mut()[..avail as usize], start).map_err(errno)?;
+        let offset = start;
         let (dev, ino) = (meta.dev(), meta.ino());
         let mut s = self.lock();
         if s.dead {

@@ -553,6 +553,8 @@ pub struct Array {
     health: Arc<Health>,
     /// Resync, check, repair (md's sync thread's state).
     sync: Arc<SyncCtl>,
+    /// The write-intent bitmap, if the array has one.
+    bitmap: OnceLock<Arc<crate::bitmap::Bitmap>>,
     /// The write side, made at the first write.
     writer: OnceLock<Writer>,
 }
@@ -584,18 +586,53 @@ impl Array {
             events: OnceLock::new(),
         });
         let sync = Arc::new(SyncCtl::new(sb.resync_offset));
-        Array { sb, personality, slots, health, sync, writer: OnceLock::new() }
+        Array { sb, personality, slots, health, sync, bitmap: OnceLock::new(), writer: OnceLock::new() }
     }
 
     /// Takes the array apart: its superblock, its personality, and its
     /// members (`None` if something still shares them, e.g. an attribute
     /// tree published for the array).
     pub fn into_parts(self) -> (Superblock, Arc<dyn Personality>, Option<Slots>) {
-        let Array { sb, personality, slots, health, sync, writer } = self;
+        let Array { sb, personality, slots, health, sync, bitmap, writer } = self;
+        drop(bitmap);
         drop(sync);
         drop(writer);
         drop(health);
         (sb, personality, Arc::try_unwrap(slots).ok())
+    }
+
+    /// The write-intent bitmap, if the array has one.
+    pub fn bitmap(&self) -> Option<&Arc<crate::bitmap::Bitmap>> {
+        self.bitmap.get()
+    }
+
+    /// Attaches the array's bitmap (assembly); only the first call counts.
+    pub fn set_bitmap(&self, b: crate::bitmap::Bitmap) {
+        let _ = self.bitmap.set(Arc::new(b));
+    }
+
+    /// The sync space (md's `resync_max_sectors`): per-member sectors
+    /// for raid1/4/5/6 (whole stripe rows), array sectors for raid10 and
+    /// raid0.
+    pub fn sync_size(&self) -> u64 {
+        match self.personality.parity_shape() {
+            Some(shape) => shape.stripes * (shape.chunk_bytes / 512),
+            None => self.size() / 512,
+        }
+    }
+
+    /// The sync units `[start, end)` an array write of `len` bytes at
+    /// `offset` touches (whole stripe rows for parity levels).
+    pub fn sync_units(&self, offset: u64, len: usize) -> (u64, u64) {
+        let end = offset + len as u64;
+        match self.personality.parity_shape() {
+            Some(shape) => {
+                let row = shape.stripe_bytes();
+                let cs = shape.chunk_bytes / 512;
+                (offset / row * cs, end.div_ceil(row) * cs)
+            }
+            None => (offset / 512, end.div_ceil(512)),
+        }
     }
 
     /// The sync state (shared with the attribute tree and the sync thread).
@@ -820,7 +857,19 @@ impl Array {
         self.check_readable()?;
         self.sync.note_io();
         let writer = self.writer();
+        // md_bitmap_startwrite: the chunks' bits are on every member
+        // before any data write goes out.
+        let units = self.sync_units(offset, data.len());
+        if let Some(bm) = self.bitmap.get() {
+            if let Err(e) = bm.start_write(&self.slots, &self.health, units.0, units.1) {
+                bm.end_write(units.0, units.1, true);
+                return Err(e);
+            }
+        }
         let r = self.write_members(writer, offset, data);
+        if let Some(bm) = self.bitmap.get() {
+            bm.end_write(units.0, units.1, self.missing() > 0 || r.is_err());
+        }
         // Nothing is acknowledged while a failure is not yet recorded.
         let waited = self.health.wait_unblocked();
         r.and(waited)

@@ -334,7 +334,15 @@ fn assemble_access(
     }
     let slots =
         Slots::new(slots.into_iter().map(|s| s.map(|c| SlotMember::new(c.dev, c.found.sb))).collect());
-    Ok(Assembly { array: Array::new(fresh, pers, slots), notes, degraded })
+    let array = Array::new(fresh, pers, slots);
+    if level != Level::Raid0 {
+        let bitmap = crate::bitmap::Bitmap::load(&array.sb, &array.slots, array.sync_size())
+            .map_err(|e| array_err(format!("array {}: bitmap: {e}", format_uuid(&array.sb.set_uuid))))?;
+        if let Some(b) = bitmap {
+            array.set_bitmap(b);
+        }
+    }
+    Ok(Assembly { array, notes, degraded })
 }
 
 fn check_features(p: &Path, f: &Found) -> Result<(), AssembleError> {

@@ -23,8 +23,10 @@
 //!   `--force`) is not used: umd marks the array for resync instead, as
 //!   `mdadm --create --force` does.
 //!
-//! No internal bitmap is written (as `--bitmap=none`; mdadm adds one by
-//! default only for members over 100 GiB).
+//! An internal bitmap is written only with `--bitmap internal` (mdadm adds
+//! one by default for members over 100 GiB; umd does not): 8 sectors after
+//! the superblock, in the space above, md's version-4 header then the bits,
+//! all set unless the array is created clean ([`crate::bitmap`]).
 
 use std::fmt;
 use std::fs::OpenOptions;
@@ -62,6 +64,12 @@ pub struct Request {
     pub size_kib: Option<u64>,
     /// `--assume-clean`.
     pub assume_clean: bool,
+    /// `--bitmap internal`: md's write-intent bitmap in the space mdadm
+    /// reserves after the superblock.
+    pub bitmap: bool,
+    /// `--bitmap-chunk` in KiB (`None`: mdadm's default, 64 MiB, larger if
+    /// the bits would not fit).
+    pub bitmap_chunk_kib: Option<u64>,
     /// `--force`: overwrite members holding md superblocks or file systems,
     /// accept members of unequal size and single-member arrays.
     pub force: bool,
@@ -246,6 +254,9 @@ pub struct Plan {
     pub clean: bool,
     /// Array UUID.
     pub uuid: [u8; 16],
+    /// The bitmap area written on every member (`--bitmap internal`):
+    /// header and bits, at `super_offset + bitmap_offset`.
+    pub bitmap_area: Option<Vec<u8>>,
 }
 
 fn random_bytes() -> [u8; 16] {
@@ -615,6 +626,50 @@ pub fn plan(req: &Request) -> Result<Plan, CreateError> {
     if !pers.readable_with(&have) {
         return Err(err(format!("too many members missing for {level}: {missing} of {n}")));
     }
+    let bitmap_area = if req.bitmap {
+        if level == Level::Raid0 {
+            return Err(err("--bitmap internal needs a level with redundancy (not raid0)"));
+        }
+        if bm_space == 0 {
+            return Err(err("members too small for an internal bitmap"));
+        }
+        // md's sync space: per-member sectors of whole rows, or array
+        // sectors for raid10.
+        let sync_size = match pers.parity_shape() {
+            Some(shape) => shape.stripes * (shape.chunk_bytes / 512),
+            None => pers.array_bytes() / 512,
+        };
+        let want = match req.bitmap_chunk_kib {
+            Some(k) => {
+                Some(u32::try_from(k * 1024).map_err(|_| err(format!("bitmap chunk {k}K too large")))?)
+            }
+            None => None,
+        };
+        let space = (bm_space * 512) as usize;
+        let chunk = crate::bitmap::choose_chunk(sync_size, space, want).ok_or_else(|| {
+            err(format!(
+                "bitmap chunk {}K does not fit: {sync_size} sectors need more than the {}K reserved (a power of two, at least 4K)",
+                req.bitmap_chunk_kib.unwrap_or(0),
+                space / 1024
+            ))
+        })?;
+        let h = crate::bitmap::BitmapHeader {
+            uuid,
+            events: 0,
+            events_cleared: 0,
+            sync_size,
+            chunksize: chunk,
+            daemon_sleep: crate::bitmap::DEFAULT_DAEMON_SLEEP,
+        };
+        for m in &mut members {
+            m.sb.feature_map |= feature::BITMAP_OFFSET;
+            m.sb.bitmap_offset = 8;
+            m.sb.update_checksum();
+        }
+        Some(crate::bitmap::format_area(&h, !clean, space))
+    } else {
+        None
+    };
     Ok(Plan {
         array_bytes: pers.array_bytes(),
         members,
@@ -623,6 +678,7 @@ pub fn plan(req: &Request) -> Result<Plan, CreateError> {
         dev_sectors: sb_size_field,
         clean,
         uuid,
+        bitmap_area,
     })
 }
 
@@ -649,6 +705,10 @@ impl Plan {
             let mut block = vec![0u8; superblock::MAX_SB_SIZE.max(bytes)];
             m.sb.encode(&mut block);
             f.write_all_at(&block[..bytes], m.sb.super_offset * 512).map_err(annotate)?;
+            if let Some(area) = &self.bitmap_area {
+                let at = (m.sb.super_offset as i64 + i64::from(m.sb.bitmap_offset)) as u64 * 512;
+                f.write_all_at(area, at).map_err(annotate)?;
+            }
             f.sync_all().map_err(annotate)?;
         }
         Ok(())
@@ -709,6 +769,8 @@ mod tests {
             homehost: Some("mdgen".into()),
             size_kib: None,
             assume_clean: false,
+            bitmap: false,
+            bitmap_chunk_kib: None,
             force: false,
             members,
         };

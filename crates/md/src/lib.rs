@@ -36,12 +36,14 @@
 //!   over member space) and md's full-stripe / read-modify-write /
 //!   reconstruct-write / degraded write paths.
 //! * [`fanout`]: member writes of one array write, in parallel.
+//! * [`bitmap`]: md's internal write-intent bitmap (format, set before writes, lazy clearing).
 //! * [`sync`]: md's sync thread: resync, check, repair (`sync_action`).
 //! * [`state`]: md's `array_state` machine and the write-pending/active/clean
 //!   handshake with an external metadata manager.
 
 pub mod array;
 pub mod assemble;
+pub mod bitmap;
 pub mod create;
 pub mod examine;
 pub mod fanout;

@@ -360,6 +360,21 @@ impl StripeCache {
         f()
     }
 
+    /// Runs `f` holding the stripe locks of every row in `rows` (taken in
+    /// lock order, each once): a batch of rows read and rewritten by the
+    /// sync thread. Writers hold one row lock at a time, so this cannot
+    /// deadlock with them.
+    ///
+    /// Called under: no lock.
+    pub(crate) fn with_rows<R>(&self, rows: std::ops::Range<u64>, f: impl FnOnce() -> R) -> R {
+        let mut idx: Vec<usize> = rows.map(|r| (r % STRIPE_LOCKS as u64) as usize).collect();
+        idx.sort_unstable();
+        idx.dedup();
+        let _held: Vec<_> =
+            idx.iter().map(|&i| self.locks[i].lock().unwrap_or_else(|p| p.into_inner())).collect();
+        f()
+    }
+
     /// Drops what the cache holds of row `stripe`'s chunk columns
     /// `[lo, hi)` on every member (a member was rewritten underneath).
     ///

@@ -130,6 +130,9 @@ pub struct SyncCtl {
     done: AtomicU64,
     total: AtomicU64,
     mismatches: AtomicU64,
+    /// Sync units actually processed by the last run (a resync with a
+    /// bitmap skips clean chunks).
+    synced: AtomicU64,
     resync_cp: AtomicU64,
     speed_min: AtomicU32,
     speed_max: AtomicU32,
@@ -163,6 +166,7 @@ impl SyncCtl {
             done: AtomicU64::new(0),
             total: AtomicU64::new(0),
             mismatches: AtomicU64::new(0),
+            synced: AtomicU64::new(0),
             resync_cp: AtomicU64::new(resync_offset),
             speed_min: AtomicU32::new(0),
             speed_max: AtomicU32::new(0),
@@ -184,24 +188,40 @@ impl SyncCtl {
         }
     }
 
-    /// What `sync_action` shows: the action running, else `frozen` or
-    /// `idle`.
+    /// What `sync_action` shows: the action running, else the one asked
+    /// for and not yet started (md shows a request from the store on, so
+    /// a reader never sees `idle` before the run it asked for), else
+    /// `frozen` or `idle`.
     pub fn action(&self) -> SyncAction {
         let r = SyncAction::from_u8(self.running.load(Ordering::Acquire));
         if r != SyncAction::Idle {
             return r;
         }
-        if lock(&self.ctl).frozen {
-            SyncAction::Frozen
-        } else {
-            SyncAction::Idle
+        let g = lock(&self.ctl);
+        match g.request {
+            Some(a) => a,
+            None if g.frozen => SyncAction::Frozen,
+            None => SyncAction::Idle,
         }
+    }
+
+    /// Wakes the sync thread to look for work now (a member was given a
+    /// slot: md's `md_wakeup_thread` from `slot_store`).
+    pub fn kick(&self) {
+        let _g = lock(&self.ctl);
+        self.cv.notify_all();
     }
 
     /// `sync_completed`: `(done, total)` in sectors while running.
     pub fn completed(&self) -> Option<(u64, u64)> {
         (self.running.load(Ordering::Acquire) != 0)
             .then(|| (self.done.load(Ordering::Acquire), self.total.load(Ordering::Acquire)))
+    }
+
+    /// Sync units (sectors) the last run processed; with a bitmap, a
+    /// resync skips chunks whose bit is clear.
+    pub fn synced_units(&self) -> u64 {
+        self.synced.load(Ordering::Acquire)
     }
 
     /// `mismatch_cnt`: sectors found differing by the last check/repair.
@@ -317,7 +337,11 @@ pub fn spawn(array: Arc<Array>) -> io::Result<JoinHandle<()>> {
 }
 
 /// What the thread should do next: a request, or a resync the array needs
-/// (md starts one by itself); `None`: shut down.
+/// (md starts one by itself); `None`: shut down. The run is started (shown
+/// as running, its progress at its first unit) in the same critical
+/// section that takes the request, so an `idle` or `frozen` stored after
+/// the request was taken always finds it running and interrupts it, and
+/// `sync_action` never shows `idle` in between.
 fn next_action(array: &Array) -> Option<SyncAction> {
     let ctl = array.sync_ctl();
     let mut g = lock(&ctl.ctl);
@@ -326,18 +350,42 @@ fn next_action(array: &Array) -> Option<SyncAction> {
             return None;
         }
         g.interrupt = false;
-        if let Some(a) = g.request.take() {
-            // A resync with nothing to do, or a recovery with no member
-            // to rebuild, ends at once (md: nothing needed).
+        // A resync with nothing to do, or a recovery with no member to
+        // rebuild, ends at once (md: nothing needed). md_check_recovery:
+        // members being recovered first, then a resync the array needs.
+        let next = g.request.take().or_else(|| {
+            if g.frozen {
+                None
+            } else if array.slots.recovering().next().is_some() {
+                Some(SyncAction::Recover)
+            } else {
+                (ctl.resync_cp() != MAX_SECTOR && array.missing() == 0).then_some(SyncAction::Resync)
+            }
+        });
+        if let Some(a) = next {
+            // md clears `mismatch_cnt` when a resync, check or repair
+            // starts (a resync with nothing to do does not start).
+            let syncs = match a {
+                SyncAction::Check | SyncAction::Repair => true,
+                SyncAction::Resync => ctl.resync_cp() != MAX_SECTOR && array.missing() == 0,
+                _ => false,
+            };
+            if syncs {
+                ctl.mismatches.store(0, Ordering::Release);
+            }
+            let (first, total) = span(array, a);
+            ctl.total.store(total, Ordering::Release);
+            ctl.done.store(first, Ordering::Release);
+            ctl.synced.store(0, Ordering::Release);
+            ctl.speed.store(0, Ordering::Release);
+            ctl.running.store(a as u8, Ordering::Release);
             return Some(a);
         }
-        // md_check_recovery: members being recovered first, then a resync
-        // the array needs.
-        if !g.frozen && array.slots.recovering().next().is_some() {
-            return Some(SyncAction::Recover);
-        }
-        if !g.frozen && ctl.resync_cp() != MAX_SECTOR && array.missing() == 0 {
-            return Some(SyncAction::Resync);
+        drop(g);
+        bitmap_pass(array, false);
+        g = lock(&ctl.ctl);
+        if g.shutdown || g.request.is_some() {
+            continue;
         }
         g = ctl
             .cv
@@ -347,15 +395,46 @@ fn next_action(array: &Array) -> Option<SyncAction> {
     }
 }
 
+/// The bitmap's clearing pass (md's bitmap daemon), when its time comes
+/// (`force`: now).
+fn bitmap_pass(array: &Array, force: bool) {
+    if let Some(bm) = array.bitmap() {
+        if let Err(e) = bm.daemon_pass(&array.slots, array.health(), array.missing() > 0, force) {
+            eprintln!("umd: bitmap update failed: {e}");
+        }
+    }
+}
+
+/// A run's first unit and its end, in sectors: member sectors by stripe
+/// row for raid4/5/6, array sectors by [`MIRROR_WINDOW`] for mirrors. A
+/// resync starts at its checkpoint, a recovery at the lowest
+/// `recovery_offset` of the members it rebuilds (rounded down to a step),
+/// a check or repair at 0.
+fn span(array: &Array, action: SyncAction) -> (u64, u64) {
+    let (unit, total) = match array.personality.parity_shape() {
+        Some(shape) => {
+            let unit = shape.chunk_bytes / 512;
+            (unit, shape.stripes * unit)
+        }
+        None => (MIRROR_WINDOW / 512, array.size() / 512),
+    };
+    let from = match action {
+        SyncAction::Resync => array.sync_ctl().resync_cp(),
+        SyncAction::Recover => array
+            .slots
+            .recovering()
+            .filter_map(|s| array.slots.get(s))
+            .map(|m| m.recovery_offset.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(0),
+        _ => 0,
+    };
+    ((from / unit * unit).min(total), total)
+}
+
 fn sync_thread(array: &Array) {
     while let Some(action) = next_action(array) {
         let ctl = array.sync_ctl();
-        if matches!(action, SyncAction::Check | SyncAction::Repair) {
-            ctl.mismatches.store(0, Ordering::Release);
-        }
-        ctl.done.store(0, Ordering::Release);
-        ctl.speed.store(0, Ordering::Release);
-        ctl.running.store(action as u8, Ordering::Release);
         ctl.fire(Changed::Action);
         ctl.fire(Changed::Completed);
         let r = run(array, action);
@@ -447,27 +526,23 @@ fn run(array: &Array, action: SyncAction) -> io::Result<()> {
         return Ok(());
     }
     let parity = array.personality.parity_shape();
-    let (unit, total) = match &parity {
-        Some(shape) => {
-            let unit = shape.chunk_bytes / 512;
-            (unit, shape.stripes * unit)
-        }
-        None => (MIRROR_WINDOW / 512, array.size() / 512),
-    };
-    let first = if action == SyncAction::Resync { (ctl.resync_cp() / unit * unit).min(total) } else { 0 };
-    ctl.total.store(total, Ordering::Release);
-    ctl.done.store(first, Ordering::Release);
+    // Where `next_action` showed it starting (the checkpoint moves only
+    // here).
+    let (first, total) = span(array, action);
     let now = Instant::now();
     let mut r =
         Run { ctl, action, start: now, first, total, last_cp: first, last_cp_at: now, mark: (now, first) };
     let finished = match &parity {
-        Some(shape) => sync_parity(array, shape, &mut r, first / unit)?,
+        Some(shape) => sync_parity(array, shape, &mut r, first / (shape.chunk_bytes / 512))?,
         None => sync_mirrors(array, &mut r, first)?,
     };
     if finished {
         ctl.done.store(total, Ordering::Release);
         if matches!(action, SyncAction::Resync | SyncAction::Repair) {
             ctl.set_cp(MAX_SECTOR);
+            if let Some(bm) = array.bitmap() {
+                bm.synced(0, total);
+            }
         }
     } else if action == SyncAction::Resync {
         ctl.set_cp(ctl.done.load(Ordering::Acquire));
@@ -509,6 +584,16 @@ fn sync_parity(
             break;
         }
         let base = row * shape.chunk_bytes;
+        if r.action == SyncAction::Resync
+            && array.bitmap().is_some_and(|bm| !bm.is_dirty(row * unit, (row + 1) * unit))
+        {
+            // The bitmap says no write was in flight here.
+            if !r.stepped((row + 1) * unit) {
+                return Ok(false);
+            }
+            continue;
+        }
+        r.ctl.synced.fetch_add(unit, Ordering::AcqRel);
         let outcome: io::Result<()> = stripes.with_row(row, || {
             for (k, col) in data.chunks_exact_mut(chunk).enumerate() {
                 let s = map.data[k];
@@ -558,6 +643,15 @@ fn sync_mirrors(array: &Array, r: &mut Run<'_>, from: u64) -> io::Result<bool> {
     let mut off = from * 512;
     while off < size {
         let len = (size - off).min(MIRROR_WINDOW) as usize;
+        let (u0, u1) = (off / 512, (off + len as u64).div_ceil(512));
+        if r.action == SyncAction::Resync && array.bitmap().is_some_and(|bm| !bm.is_dirty(u0, u1)) {
+            off += len as u64;
+            if !r.stepped(off.div_ceil(512)) {
+                return Ok(false);
+            }
+            continue;
+        }
+        r.ctl.synced.fetch_add(u1 - u0, Ordering::AcqRel);
         let pieces = array.personality.map_write(off, len)?;
         let outcome: io::Result<()> = array.with_mirror_window(off, || {
             let mut starts: Vec<usize> = pieces.iter().map(|p| p.buf_start).collect();
@@ -654,49 +748,144 @@ fn recover_parity(
     let Some(stripes) = array.stripe_cache() else { return Ok(true) };
     let chunk = shape.chunk_bytes as usize;
     let dd = shape.data_disks;
+    let slots = &array.slots;
+    let n = slots.len();
+    let unit = shape.chunk_bytes / 512;
+    let row_bytes = shape.stripe_bytes();
+    // Rows per batch: each member in service reads its part of the batch
+    // as one sequential read, all members in parallel.
+    let batch = (BATCH_BYTES / chunk).clamp(1, MAX_BATCH_ROWS) as u64;
+    let sources: Vec<usize> = (0..n).filter(|&s| slots.is_present(s)).collect();
+    let mut bufs: Vec<Vec<u8>> = (0..n)
+        .map(|s| {
+            if sources.contains(&s) || targets.contains(&s) {
+                vec![0u8; batch as usize * chunk]
+            } else {
+                Vec::new()
+            }
+        })
+        .collect();
     let mut data = vec![0u8; dd * chunk];
     let mut parity = vec![0u8; 2 * chunk];
     let mut map = StripeMap::default();
-    let slots = &array.slots;
-    let unit = shape.chunk_bytes / 512;
-    let row_bytes = shape.stripe_bytes();
-    for row in from..shape.stripes {
-        if !array.personality.stripe_map(row, &mut map) {
-            break;
-        }
-        let base = row * shape.chunk_bytes;
-        let outcome: io::Result<()> = stripes.with_row(row, || {
-            // The row's data, the members being recovered rebuilt (they
-            // are not read).
-            array.personality.read(&**slots, row * row_bytes, &mut data)?;
-            let (p, q) = parity.split_at_mut(chunk);
-            let cols: Vec<&[u8]> = data.chunks_exact(chunk).collect();
-            crate::stripe::gen_parity(shape, &map, &cols, p, q);
-            for &t in targets {
-                let block: &[u8] = if t == map.p {
-                    p
-                } else if map.q == Some(t) {
-                    q
-                } else if let Some(k) = map.data.iter().position(|&s| s == t) {
-                    cols[k]
-                } else {
-                    continue;
-                };
-                if !slots.takes_writes(t) {
-                    continue;
+    let mut r0 = from;
+    while r0 < shape.stripes {
+        let r1 = (r0 + batch).min(shape.stripes);
+        let rows = (r1 - r0) as usize;
+        let outcome: io::Result<()> = stripes.with_rows(r0..r1, || {
+            read_batch(array, &sources, r0 * shape.chunk_bytes, rows * chunk, &mut bufs)?;
+            for row in r0..r1 {
+                if !array.personality.stripe_map(row, &mut map) {
+                    break;
                 }
-                slots.write_at(t, base, block).map_err(|e| member_error(array, t, e, true))?;
+                let i = (row - r0) as usize;
+                // The row's data from the buffers, the members being
+                // recovered rebuilt (they are not read).
+                let view = BatchView { bufs: &bufs, first: r0 * shape.chunk_bytes, present: &sources };
+                array.personality.read(&view, row * row_bytes, &mut data)?;
+                let (p, q) = parity.split_at_mut(chunk);
+                let cols: Vec<&[u8]> = data.chunks_exact(chunk).collect();
+                crate::stripe::gen_parity(shape, &map, &cols, p, q);
+                for &t in targets {
+                    let block: &[u8] = if t == map.p {
+                        p
+                    } else if map.q == Some(t) {
+                        q
+                    } else if let Some(k) = map.data.iter().position(|&s| s == t) {
+                        cols[k]
+                    } else {
+                        continue;
+                    };
+                    bufs[t][i * chunk..(i + 1) * chunk].copy_from_slice(block);
+                }
             }
-            stripes.forget_columns(row, 0, shape.chunk_bytes);
+            for &t in targets {
+                if slots.takes_writes(t) {
+                    slots
+                        .write_at(t, r0 * shape.chunk_bytes, &bufs[t][..rows * chunk])
+                        .map_err(|e| member_error(array, t, e, true))?;
+                }
+            }
+            for row in r0..r1 {
+                stripes.forget_columns(row, 0, shape.chunk_bytes);
+            }
             Ok(())
         });
         outcome?;
-        set_offset((row + 1) * unit);
-        if !r.stepped((row + 1) * unit) {
+        set_offset(r1 * unit);
+        if !r.stepped(r1 * unit) {
             return Ok(false);
         }
+        r0 = r1;
     }
     Ok(true)
+}
+
+/// Bytes of each member a recovery batch reads.
+const BATCH_BYTES: usize = 2 << 20;
+/// Most stripe rows in one batch (their stripe locks are held together).
+const MAX_BATCH_ROWS: usize = 64;
+
+/// Reads `len` bytes at member offset `at` of every slot in `slots_in`
+/// into the front of `bufs[slot]`, one thread per member, all in
+/// parallel. A member that fails is failed (md_error) and the call fails.
+fn read_batch(
+    array: &Array,
+    slots_in: &[usize],
+    at: u64,
+    len: usize,
+    bufs: &mut [Vec<u8>],
+) -> io::Result<()> {
+    let slots = &array.slots;
+    let mut failed: Vec<(usize, io::Error)> = Vec::new();
+    std::thread::scope(|sc| {
+        let mut handles = Vec::new();
+        for (slot, buf) in bufs.iter_mut().enumerate() {
+            if !slots_in.contains(&slot) {
+                continue;
+            }
+            let b = &mut buf[..len];
+            handles.push((slot, sc.spawn(move || MemberRead::read_at(&**slots, slot, at, b))));
+        }
+        for (slot, h) in handles {
+            match h.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => failed.push((slot, e)),
+                Err(_) => failed.push((slot, io::Error::other("member read panicked"))),
+            }
+        }
+    });
+    match failed.into_iter().next() {
+        Some((slot, e)) => Err(member_error(array, slot, e, false)),
+        None => Ok(()),
+    }
+}
+
+/// The members' blocks of a batch of rows, read by [`read_batch`], as
+/// the personality reads members.
+struct BatchView<'a> {
+    bufs: &'a [Vec<u8>],
+    /// Member offset of the batch's first byte.
+    first: u64,
+    present: &'a [usize],
+}
+
+impl MemberRead for BatchView<'_> {
+    fn is_present(&self, slot: usize) -> bool {
+        self.present.contains(&slot)
+    }
+
+    fn read_at(&self, slot: usize, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let from = offset.checked_sub(self.first).map(|o| o as usize);
+        let src = self.bufs.get(slot).zip(from).and_then(|(b, o)| b.get(o..o + buf.len()));
+        match src {
+            Some(src) => {
+                buf.copy_from_slice(src);
+                Ok(())
+            }
+            None => Err(io::Error::new(io::ErrorKind::InvalidInput, "read outside the batch")),
+        }
+    }
 }
 
 fn recover_mirrors(

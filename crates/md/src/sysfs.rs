@@ -208,6 +208,7 @@ struct MemberTree {
     md_dir: NodeRef,
     health: Arc<Health>,
     machine: Arc<StateMachine>,
+    sync: Arc<crate::sync::SyncCtl>,
     members: Members,
     /// `md/degraded` (absent for raid0), set once made.
     degraded: std::sync::OnceLock<NodeRef>,
@@ -421,6 +422,8 @@ impl ArrayEvents for TreeEvents {
         }
         t.notify_member(id);
         t.notify_degraded();
+        // The sync thread starts the recovery now.
+        t.sync.kick();
     }
 
     fn broken(&self) {
@@ -822,6 +825,70 @@ pub fn publish(fs: &Arc<Kernfs>, parent: &NodeRef, array: &Array, readonly: bool
             _ => Err(libc::EINVAL),
         }
     };
+    // md's bitmap group, for an array with an internal bitmap.
+    if let Some(bm) = array.bitmap() {
+        let dir = fs.create_dir(&md, "bitmap", 0o755)?;
+        let off = sb.bitmap_offset;
+        fs.create_attr(
+            &dir,
+            "location",
+            RW,
+            plain_attr(Arc::new(FnAttr {
+                show: move |out: &mut ShowBuf| line(out, format_args!("{off:+}")),
+                store: |_: &[u8]| Err(libc::EBUSY),
+            })),
+        )?;
+        let chunk = bm.chunk_units() * 512;
+        fs.create_attr(
+            &dir,
+            "chunksize",
+            RW,
+            plain_attr(Arc::new(FnAttr {
+                show: move |out: &mut ShowBuf| line(out, format_args!("{chunk}")),
+                store: |_: &[u8]| Err(libc::EBUSY),
+            })),
+        )?;
+        fs.create_attr(
+            &dir,
+            "metadata",
+            RW,
+            plain_attr(Arc::new(FnAttr {
+                show: |out: &mut ShowBuf| line(out, format_args!("internal")),
+                store: |_: &[u8]| Err(libc::EBUSY),
+            })),
+        )?;
+        let (b1, b2) = (bm.clone(), bm.clone());
+        fs.create_attr(
+            &dir,
+            "time_base",
+            RW,
+            plain_attr(Arc::new(FnAttr {
+                show: move |out: &mut ShowBuf| line(out, format_args!("{}", b1.daemon_sleep())),
+                // Seconds between clearing passes (md: at least 1).
+                store: move |data: &[u8]| {
+                    let v = u32::try_from(parse_u64(data)?).map_err(|_| libc::EINVAL)?;
+                    if v == 0 {
+                        return Err(libc::EINVAL);
+                    }
+                    b2.set_daemon_sleep(v);
+                    Ok(data.len())
+                },
+            })),
+        )?;
+        let b = bm.clone();
+        fs.create_attr(
+            &dir,
+            "dirty",
+            RO,
+            plain_attr(Arc::new(FnAttr {
+                show: move |out: &mut ShowBuf| {
+                    let st = b.stats();
+                    line(out, format_args!("{} / {}", st.dirty, b.chunks()))
+                },
+                store: no_store,
+            })),
+        )?;
+    }
     fs.create_attr(
         &md,
         "consistency_policy",
@@ -955,6 +1022,7 @@ pub fn publish(fs: &Arc<Kernfs>, parent: &NodeRef, array: &Array, readonly: bool
         md_dir: md.clone(),
         health: array.health().clone(),
         machine: machine.clone(),
+        sync: array.sync_ctl().clone(),
         members: Mutex::new((0..raid_disks + MAX_ADDED).map(|_| None).collect()),
         degraded: std::sync::OnceLock::new(),
     });

@@ -210,6 +210,8 @@ fn rows_not_in_sync_are_reconstructed() {
             homehost: Some("test".into()),
             size_kib: None,
             assume_clean: false,
+            bitmap: false,
+            bitmap_chunk_kib: None,
             force: true,
             members: paths.iter().cloned().map(Some).collect(),
         };

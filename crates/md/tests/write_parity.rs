@@ -24,7 +24,11 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
-use common::{unpack_fixture, Scratch, DATA_OFFSET};
+use common::{
+    assert_same, assert_unchanged, assert_unchanged_from, check_model, check_parity, gf_mul2, pspec,
+    read_all, reference_pq, snapshot, snapshot_from, synth_map, unpack_fixture, MemberMap, Scratch,
+    DATA_OFFSET,
+};
 use md::synth::Rng;
 use md::synth::{self, Spec};
 use md::{assemble, assemble_writable, Array, AssembleOptions, Level, Personality};
@@ -56,75 +60,11 @@ fn build(tag: &str, spec: &Spec) -> (Scratch, Vec<PathBuf>, Vec<u8>) {
     (dir, paths, model)
 }
 
-/// A parity-level spec whose members hold `data_bytes` of data area each
-/// behind md's default 1 MiB data offset.
-fn pspec(level: Level, layout: u32, disks: usize, chunk: u64, data_bytes: u64) -> Spec {
-    let mut s = Spec::new(level, disks, MIB + data_bytes);
-    s.chunk_sectors = (chunk / 512) as u32;
-    s.layout = layout;
-    assert_eq!(s.data_offset * 512, DATA_OFFSET, "synthetic members keep md's 1 MiB data offset");
-    s
-}
-
 /// Data area per member for a chunk size: at least a few stripes, small
 /// enough to keep the suite fast.
 fn data_bytes_for(chunk: u64) -> u64 {
     (chunk * 4).max(256 * KIB)
 }
-
-fn read_all(array: &Array) -> Vec<u8> {
-    let mut v = vec![0u8; array.size() as usize];
-    array.read_at(0, &mut v).expect("read whole array");
-    v
-}
-
-/// Panics naming the first differing byte (and how many differ) instead of
-/// dumping megabytes.
-fn assert_same(got: &[u8], want: &[u8], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    if got == want {
-        return;
-    }
-    let first = got.iter().zip(want).position(|(a, b)| a != b).unwrap();
-    let last = got.iter().zip(want).rposition(|(a, b)| a != b).unwrap();
-    let count = got.iter().zip(want).filter(|(a, b)| a != b).count();
-    panic!(
-        "{what}: {count} byte(s) differ in {first}..={last}; first at {first}: got {:#04x}, want {:#04x}",
-        got[first], want[first]
-    );
-}
-
-fn check_model(array: &Array, model: &[u8], what: &str) {
-    assert_eq!(array.size(), model.len() as u64, "{what}: size");
-    assert_same(&read_all(array), model, what);
-}
-
-/// Every member image's whole content, by path.
-fn snapshot(paths: &[PathBuf]) -> Vec<Vec<u8>> {
-    snapshot_from(paths, 0)
-}
-
-/// Every member image's content from byte `from` on (`DATA_OFFSET`: the
-/// data areas, leaving out superblocks a writable array may update).
-fn snapshot_from(paths: &[PathBuf], from: usize) -> Vec<Vec<u8>> {
-    paths.iter().map(|p| std::fs::read(p).expect("read member image")[from..].to_vec()).collect()
-}
-
-fn assert_unchanged(before: &[Vec<u8>], paths: &[PathBuf], what: &str) {
-    assert_unchanged_from(before, paths, 0, what);
-}
-
-fn assert_unchanged_from(before: &[Vec<u8>], paths: &[PathBuf], from: usize, what: &str) {
-    for (i, (b, p)) in before.iter().zip(paths).enumerate() {
-        let now = std::fs::read(p).expect("read member image");
-        assert_same(&now[from..], b, &format!("{what}: member image {i} ({}) from byte {from}", p.display()));
-    }
-}
-
-/// Where each slot's member lives: its image path and the byte offset of its
-/// data area (`data_offset * 512` from its own superblock). `None` for
-/// missing slots.
-type MemberMap = Vec<Option<(PathBuf, u64)>>;
 
 fn member_map(array: &Array) -> MemberMap {
     array
@@ -140,15 +80,6 @@ fn member_map(array: &Array) -> MemberMap {
                 (m.dev.path().to_path_buf(), m.data_start)
             })
         })
-        .collect()
-}
-
-/// The same map for a synthetic array built by [`build`] (slot = index).
-fn synth_map(paths: &[PathBuf], spec: &Spec, absent: &[usize]) -> MemberMap {
-    paths
-        .iter()
-        .enumerate()
-        .map(|(s, p)| (!absent.contains(&s)).then(|| (p.clone(), spec.data_offset * 512)))
         .collect()
 }
 
@@ -186,11 +117,6 @@ fn max_degraded(level: Level) -> usize {
 // Parity reference: GF(2^8) and xor written here, not md's.
 // ---------------------------------------------------------------------------
 
-/// Multiplication by the generator {02} in GF(2^8) modulo x^8+x^4+x^3+x^2+1.
-fn gf_mul2(x: u8) -> u8 {
-    (x << 1) ^ if x & 0x80 != 0 { 0x1d } else { 0 }
-}
-
 /// Carry-less "Russian peasant" product modulo 0x11d.
 fn gf_mul(mut a: u8, mut b: u8) -> u8 {
     let mut r = 0u8;
@@ -206,170 +132,6 @@ fn gf_mul(mut a: u8, mut b: u8) -> u8 {
 
 fn gf_pow2(z: usize) -> u8 {
     (0..z).fold(1u8, |x, _| gf_mul2(x))
-}
-
-/// P (xor of every block) and Q (sum of g^z * D_z, Horner's rule from the
-/// highest position down; `None` positions are zero blocks) of one row.
-fn reference_pq(blocks: &[Option<&[u8]>], len: usize) -> (Vec<u8>, Vec<u8>) {
-    let mut p = vec![0u8; len];
-    let mut q = vec![0u8; len];
-    for b in blocks.iter().rev() {
-        for x in q.iter_mut() {
-            *x = gf_mul2(*x);
-        }
-        if let Some(b) = b {
-            for ((p, q), d) in p.iter_mut().zip(q.iter_mut()).zip(b.iter()) {
-                *p ^= d;
-                *q ^= d;
-            }
-        }
-    }
-    (p, q)
-}
-
-/// An independently written md layout for stripe `s` of `n` members, where
-/// this file knows one: (slot of each data index, P slot, Q slot, syndrome
-/// position of each data index).
-#[allow(clippy::type_complexity)]
-fn independent_layout(
-    level: Level,
-    layout: u32,
-    n: usize,
-    s: u64,
-) -> Option<(Vec<usize>, usize, Option<usize>, Vec<usize>)> {
-    match (level, layout) {
-        // raid4: parity on the last disk, data in order.
-        (Level::Raid4, _) => Some(((0..n - 1).collect(), n - 1, None, (0..n - 1).collect())),
-        // raid5 left-symmetric: pd_idx = data_disks - s % raid_disks; data
-        // index k on (pd_idx + 1 + k) % raid_disks.
-        (Level::Raid5, 2) => {
-            let pd = (n - 1) - (s % n as u64) as usize;
-            Some(((0..n - 1).map(|k| (pd + 1 + k) % n).collect(), pd, None, (0..n - 1).collect()))
-        }
-        // raid6 left-symmetric: P rotates down from the last disk, Q right
-        // after it (wrapping to 0), data continues after Q; Q's walk starts
-        // after Q, so data index k has syndrome position k.
-        (Level::Raid6, 2) => {
-            let pd = (n - 1) - (s % n as u64) as usize;
-            let qd = (pd + 1) % n;
-            Some(((0..n - 2).map(|k| (pd + 2 + k) % n).collect(), pd, Some(qd), (0..n - 2).collect()))
-        }
-        _ => None,
-    }
-}
-
-/// Checks the member images of every stripe row in `rows` (all rows when
-/// `None`) against `model`: each present data block equals the model's
-/// bytes, P equals the xor of the model's data, Q (raid6) equals the GF sum
-/// of the model's data at md's syndrome positions. Slots missing from `map`
-/// are skipped. Returns the number of member blocks compared.
-fn check_parity(
-    pers: &dyn Personality,
-    map: &MemberMap,
-    model: &[u8],
-    rows: Option<&[u64]>,
-    what: &str,
-) -> usize {
-    let g = pers.geometry();
-    let level = g.level;
-    let n = g.raid_disks as usize;
-    let chunk = u64::from(g.chunk_sectors) * 512;
-    let raid6 = level == Level::Raid6;
-    let data_disks = n - if raid6 { 2 } else { 1 };
-    let stripe_bytes = chunk * data_disks as u64;
-    assert_eq!(pers.array_bytes(), model.len() as u64, "{what}: array size");
-    assert_eq!(model.len() as u64 % stripe_bytes, 0, "{what}: whole stripes");
-    let nrows = model.len() as u64 / stripe_bytes;
-    let files: Vec<Option<(File, u64)>> = map
-        .iter()
-        .map(|m| m.as_ref().map(|(p, start)| (File::open(p).expect("open member image"), *start)))
-        .collect();
-    let all: Vec<u64>;
-    let rows = match rows {
-        Some(r) => r,
-        None => {
-            all = (0..nrows).collect();
-            &all
-        }
-    };
-    let mut disk = vec![0u8; chunk as usize];
-    let mut compared = 0;
-    for &s in rows {
-        assert!(s < nrows, "{what}: row {s} of {nrows}");
-        let member_off = s * chunk;
-        // Data index k → slot, by the personality's own map.
-        let slots: Vec<usize> = (0..data_disks)
-            .map(|k| {
-                let a = s * stripe_bytes + k as u64 * chunk;
-                let loc = pers.locate(a);
-                assert_eq!(loc.len(), 1, "{what}: locate({a})");
-                assert_eq!(loc[0].offset, member_off, "{what}: row {s} data {k} member offset");
-                loc[0].slot
-            })
-            .collect();
-        let lay = pers.syndrome_layout(member_off).expect("parity level has a syndrome layout");
-        // The layout is a permutation: data slots, P and Q all distinct.
-        let mut seen = vec![false; n];
-        for &d in slots.iter().chain(std::iter::once(&lay.p)).chain(lay.q.iter()) {
-            assert!(d < n && !seen[d], "{what}: row {s}: slot {d} used twice ({slots:?}, {lay:?})");
-            seen[d] = true;
-        }
-        assert!(seen.iter().all(|&x| x), "{what}: row {s}: slots not all used ({slots:?}, {lay:?})");
-        assert_eq!(lay.q.is_some(), raid6, "{what}: Q only for raid6");
-        let present_in_lay: Vec<usize> = lay.data.iter().flatten().copied().collect();
-        assert_eq!(present_in_lay.len(), data_disks, "{what}: row {s}: {lay:?}");
-        if !raid6 {
-            // raid4/5 list the data slots in data order.
-            let order: Vec<usize> = lay.data.iter().map(|d| d.expect("raid5 has no zero blocks")).collect();
-            assert_eq!(order, slots, "{what}: row {s}: syndrome order vs locate");
-        }
-        // Syndrome position of each data index.
-        let z_of: Vec<usize> = slots
-            .iter()
-            .map(|&sl| lay.data.iter().position(|d| *d == Some(sl)).expect("data slot in syndrome layout"))
-            .collect();
-        if let Some((dslots, p, q, z)) = independent_layout(level, g.layout, n, s) {
-            assert_eq!(slots, dslots, "{what}: row {s}: data slots vs independent layout");
-            assert_eq!(lay.p, p, "{what}: row {s}: P slot vs independent layout");
-            assert_eq!(lay.q, q, "{what}: row {s}: Q slot vs independent layout");
-            assert_eq!(z_of, z, "{what}: row {s}: syndrome positions vs independent layout");
-        }
-        // Expected blocks from the model.
-        let data: Vec<&[u8]> = (0..data_disks)
-            .map(|k| {
-                let a = (s * stripe_bytes + k as u64 * chunk) as usize;
-                &model[a..a + chunk as usize]
-            })
-            .collect();
-        let mut by_pos: Vec<Option<&[u8]>> = vec![None; lay.data.len()];
-        for k in 0..data_disks {
-            by_pos[z_of[k]] = Some(data[k]);
-        }
-        let (p, q) = reference_pq(&by_pos, chunk as usize);
-        let mut expect: Vec<(usize, &[u8], String)> =
-            slots.iter().enumerate().map(|(k, &sl)| (sl, data[k], format!("data {k}"))).collect();
-        expect.push((lay.p, &p, "P".into()));
-        if let Some(qs) = lay.q {
-            expect.push((qs, &q, "Q".into()));
-        }
-        for (slot, want, role) in expect {
-            let Some((f, start)) = &files[slot] else { continue };
-            f.read_exact_at(&mut disk, start + member_off).expect("read member image");
-            if disk != want {
-                let i = disk.iter().zip(want).position(|(a, b)| a != b).unwrap();
-                panic!(
-                    "{what}: row {s} (member offset {member_off}), slot {slot} ({role}): byte {i} of the chunk \
-                     is {:#04x} on disk, reference says {:#04x} (array bytes {}..{})",
-                    disk[i],
-                    want[i],
-                    s * stripe_bytes,
-                    (s + 1) * stripe_bytes
-                );
-            }
-            compared += 1;
-        }
-    }
-    compared
 }
 
 /// Stripe rows touched by array bytes `offset..offset + len`.
@@ -740,15 +502,7 @@ fn dirty_rows_get_parity_from_data() {
                 files[slot].write_all_at(&rng.bytes(chunk as usize), DATA_OFFSET + r * chunk).unwrap();
             }
         }
-        for (slot, f) in files.iter().enumerate() {
-            let mut sb = spec.superblock(slot).unwrap();
-            sb.resync_offset = resync_sector;
-            sb.update_checksum();
-            let mut block = vec![0u8; md::superblock::MAX_SB_SIZE];
-            sb.encode(&mut block);
-            f.write_all_at(&block[..sb.sb_bytes().div_ceil(512) * 512], sb.super_offset * 512).unwrap();
-            f.sync_all().unwrap();
-        }
+        common::set_resync_offset(&files, &spec, resync_sector);
         drop(files);
         let asm = assemble_writable(&paths, &AssembleOptions::default())
             .unwrap_or_else(|e| panic!("{tag}: assemble dirty array: {e}"));

@@ -1054,7 +1054,9 @@ impl Monitor {
 }
 
 /// The manager thread: the control socket (one request line, one reply
-/// line; `status`), and member removal: a member whose failure the
+/// line; `status`, or `ping`: look for work at once, as mdadm's
+/// `ping_monitor` after adding a spare), spare activation, and member
+/// removal: a member whose failure the
 /// monitor recorded and unblocked is removed from the array with `remove`
 /// through a newly opened `state` (as mdmon's manager does), then the
 /// monitor is told to let go of it (a `Retire` update through the
@@ -1072,6 +1074,8 @@ fn manager(
     let mut outbox: std::collections::VecDeque<Box<Update>> = std::collections::VecDeque::new();
     // Slots removed (or found gone) whose Retire is queued or sent.
     let mut retiring = 0u64;
+    // A `ping` (mdadm's ping_monitor after an add): look again at once.
+    let mut pinged = false;
     loop {
         let mut pfds = [
             libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 },
@@ -1079,7 +1083,8 @@ fn manager(
         ];
         // A removal refused for now (EBUSY) is retried every second.
         // SAFETY: two valid pollfds.
-        unsafe { libc::poll(pfds.as_mut_ptr(), 2, 1000) };
+        unsafe { libc::poll(pfds.as_mut_ptr(), 2, if pinged { 0 } else { 1000 }) };
+        pinged = false;
         shared.manager_wake.clear();
         // Structures the monitor let go of: closed and freed here.
         while let Some(back) = shared.to_manager.pop() {
@@ -1164,7 +1169,11 @@ fn manager(
             }
             let reply = match line.trim() {
                 "status" => status_line(&shared.stats, hooks),
-                other => format!("error: unknown request {other:?} (status)"),
+                "ping" => {
+                    pinged = true;
+                    "ok".to_string()
+                }
+                other => format!("error: unknown request {other:?} (status, ping)"),
             };
             let _ = (&conn).write_all(format!("{reply}\n").as_bytes());
         }

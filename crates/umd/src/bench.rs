@@ -44,6 +44,9 @@ use md::Level;
 
 use crate::{CliError, CmdResult};
 
+#[path = "bench_recovery.rs"]
+mod bench_recovery;
+
 /// Runs benchmark `name`.
 pub fn run(name: &str, json: bool, quick: bool, full: bool, dir: Option<PathBuf>) -> CmdResult {
     match name {
@@ -53,8 +56,9 @@ pub fn run(name: &str, json: bool, quick: bool, full: bool, dir: Option<PathBuf>
         "pagecache" => pagecache_bench(json, quick, full, dir),
         "array" => array_bench(json, quick, full, dir),
         "mon" => crate::bench_mon::run(json, quick, full, dir),
+        "recovery" => bench_recovery::run(json, quick, full, dir),
         other => Err(CliError(format!(
-            "unknown benchmark {other:?} (available: extract, kernfs, blockio, pagecache, array, mon)"
+            "unknown benchmark {other:?} (available: extract, kernfs, blockio, pagecache, array, mon, recovery)"
         ))),
     }
 }

@@ -42,6 +42,16 @@ pub struct Options {
     /// Mark the array clean (in sync) instead of needing a resync.
     #[arg(long)]
     pub assume_clean: bool,
+    /// Write-intent bitmap: `internal` (md's, in the space after the
+    /// superblock: after an unclean stop only regions written meanwhile
+    /// are resynced) or `none` (the default).
+    #[arg(short = 'b', long)]
+    pub bitmap: Option<String>,
+    /// Bytes of array per bitmap bit (K by default; K, M, G suffixes), a
+    /// power of two of at least 4K; default 64M (more if the bits would
+    /// not fit).
+    #[arg(long)]
+    pub bitmap_chunk: Option<String>,
     /// Overwrite members that hold md superblocks or file systems; accept
     /// members of unequal size (the smallest decides) and 1-member arrays.
     #[arg(short, long)]
@@ -73,6 +83,17 @@ pub fn run(o: Options) -> CmdResult {
         }
     }
     let chunk_kib = o.chunk.as_deref().map(|c| size_kib("chunk size", c)).transpose()?;
+    let bitmap = match o.bitmap.as_deref() {
+        None | Some("none") => false,
+        Some("internal") => true,
+        Some(other) => {
+            return Err(CliError(format!("unsupported bitmap: {other} (internal or none)")));
+        }
+    };
+    let bitmap_chunk_kib = o.bitmap_chunk.as_deref().map(|c| size_kib("bitmap chunk", c)).transpose()?;
+    if bitmap_chunk_kib.is_some() && !bitmap {
+        return Err(CliError("--bitmap-chunk needs --bitmap internal".into()));
+    }
     let size_kib = o.size.as_deref().map(|s| size_kib("size", s)).transpose()?;
     let members =
         o.members.iter().map(|m| if m.as_os_str() == "missing" { None } else { Some(m.clone()) }).collect();
@@ -85,6 +106,8 @@ pub fn run(o: Options) -> CmdResult {
         homehost: o.homehost,
         size_kib,
         assume_clean: o.assume_clean,
+        bitmap,
+        bitmap_chunk_kib,
         force: o.force,
         members,
     };

@@ -548,6 +548,8 @@ fn steps(dir: Option<PathBuf>, keep: bool, member_mib: u64) -> CmdResult {
         size: Some(format!("{member_mib}M")),
         metadata: None,
         assume_clean: true,
+        bitmap: None,
+        bitmap_chunk: None,
         force: false,
         members: members.clone(),
     })?;

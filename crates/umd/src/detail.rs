@@ -2,7 +2,9 @@
 //! mdadm reads it: the array's attributes under `DIR/md/` (md's sysfs names
 //! and formats) and, for the fields md keeps only in the metadata (name,
 //! UUID, events, times), the superblock of a member, found through
-//! `DIR/md/dev-*/block`.
+//! `DIR/md/dev-*/block`. While a sync runs, the `State` line and a
+//! `Resync`/`Rebuild`/`Check Status` line say so, as mdadm reads them from
+//! /proc/mdstat.
 
 use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -38,6 +40,34 @@ struct Dev {
     path: PathBuf,
 }
 
+/// A sync running, as mdadm shows it (from /proc/mdstat's line: md prints
+/// a repair as `resync`).
+struct SyncStatus {
+    /// The `Status` line's key.
+    key: &'static str,
+    /// What the `State` line gets.
+    state: &'static str,
+    /// Whole percent done (mdstat's tenths, truncated).
+    percent: u64,
+}
+
+/// The sync running on the array whose attributes are in `md`, if any.
+fn sync_status(md: &Path) -> Option<SyncStatus> {
+    let action = attr(md, "sync_action").ok()?;
+    let (key, state) = match action.as_str() {
+        "resync" | "repair" => ("Resync Status", ", resyncing"),
+        "recover" => ("Rebuild Status", ", recovering"),
+        "check" => ("Check Status", ", checking"),
+        _ => return None,
+    };
+    let completed = attr(md, "sync_completed").ok()?;
+    let (done, total) = completed.split_once('/')?;
+    let (done, total): (u64, u64) = (done.trim().parse().ok()?, total.trim().parse().ok()?);
+    // md's status_resync: tenths of a percent.
+    let per_milli = u128::from(done.min(total)) * 1000 / (u128::from(total) + 1);
+    Some(SyncStatus { key, state, percent: (per_milli / 10) as u64 })
+}
+
 /// Runs `umd detail`.
 pub fn run(dir: &Path, json: bool) -> CmdResult {
     let md = dir.join("md");
@@ -54,6 +84,7 @@ pub fn run(dir: &Path, json: bool) -> CmdResult {
     let policy = attr(&md, "consistency_policy")?;
     let array_state = attr(&md, "array_state")?;
     let degraded = if md.join("degraded").exists() { attr_num(&md, "degraded")? } else { 0 };
+    let sync = sync_status(&md);
     let size = std::fs::metadata(dir.join("data"))
         .map_err(|e| CliError(format!("{}/data: {e}", dir.display())))?
         .len();
@@ -139,9 +170,10 @@ pub fn run(dir: &Path, json: bool) -> CmdResult {
         "active".to_string()
     };
     let st = if degraded == 0 { "" } else { ", degraded" };
+    let syncing = sync.as_ref().map_or("", |s| s.state);
     // mdadm prints a trailing space after the state.
-    text.push_str(&format!("{:>18} : {arrayst}{st} \n", "State"));
-    f.push(("State", format!("{arrayst}{st}")));
+    text.push_str(&format!("{:>18} : {arrayst}{st}{syncing} \n", "State"));
+    f.push(("State", format!("{arrayst}{st}{syncing}")));
     let active = devs.iter().filter(|d| d.slot.is_some() && d.state.contains("in_sync")).count();
     let failed = devs.iter().filter(|d| d.state.contains("faulty")).count();
     let spare = devs.iter().filter(|d| d.slot.is_none() && !d.state.contains("faulty")).count();
@@ -169,6 +201,10 @@ pub fn run(dir: &Path, json: bool) -> CmdResult {
     }
     put(&mut text, &mut f, "Consistency Policy", policy);
     text.push('\n');
+    if let Some(s) = sync {
+        put(&mut text, &mut f, s.key, format!("{}% complete", s.percent));
+        text.push('\n');
+    }
     let mut name = sb.name();
     if let Some(h) = hostname() {
         if name.len() > h.len() && name.starts_with(&h) && name.as_bytes()[h.len()] == b':' {

@@ -6,8 +6,8 @@
 //! `md` crate and serves them through `export`; it holds no RAID logic of its
 //! own.
 //!
-//! Commands: `create`, `examine`, `extract`, `assemble`, `mon`, `detail`, `fail`, `remove`, `stop`,
-//! `bench`, `demo`.
+//! Commands: `create`, `examine`, `extract`, `assemble`, `mon`, `detail`, `status`, `wait`, `check`,
+//! `fail`, `remove`, `stop`, `bench`, `demo`.
 //! Every error is one line on stderr, `umd: MEMBER: reason`, and a non-zero
 //! exit status.
 
@@ -23,6 +23,7 @@ mod faults;
 mod manage;
 mod mount;
 mod progress;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -119,6 +120,36 @@ enum Command {
         /// Mount directory given to `umd assemble --mount`.
         dir: PathBuf,
     },
+    /// List every running umd array as /proc/mdstat does: state, level,
+    /// members, geometry, `[n/m] [UU_U]`, and the progress of a resync,
+    /// recovery, check or repair.
+    Status {
+        /// One JSON object per array (one per line) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wait until no resync, recovery, check or repair runs on the array
+    /// served at DIR, as `mdadm --wait` does; show its progress meanwhile
+    /// (a bar on a terminal, else a line every 5 s on stderr).
+    Wait {
+        /// Mount directory given to `umd assemble --mount`.
+        dir: PathBuf,
+    },
+    /// Check the redundancy of the array served at DIR (md's `echo check >
+    /// md/sync_action`), wait for the end and print md's mismatch count (in
+    /// sectors; a non-zero count is reported, not an error). An
+    /// interrupted check is an error.
+    Check {
+        /// Rewrite what differs (md's `repair`) instead of only counting.
+        #[arg(long)]
+        repair: bool,
+        /// Start it and return at once (follow it with `umd status` or
+        /// `umd wait`).
+        #[arg(long)]
+        no_wait: bool,
+        /// Mount directory given to `umd assemble --mount`.
+        dir: PathBuf,
+    },
     /// Create a new array (v1.2 metadata) on member devices or image files,
     /// as `mdadm --create` does. Image files that do not exist are created
     /// (sparse) when --size is given. Without --assume-clean the array is
@@ -152,6 +183,16 @@ enum Command {
         /// The member: its device or image file, or `dev-NAME` as under DIR/md/.
         member: PathBuf,
     },
+    /// Add a member (a spare) to the array served at DIR, as `mdadm --add`
+    /// does: the metadata manager gives it an empty slot and md recovers
+    /// it there (`umd wait DIR` follows the recovery).
+    #[command(alias = "a")]
+    Add {
+        /// Mount directory given to `umd assemble --mount`.
+        dir: PathBuf,
+        /// The new member: a device or image file.
+        member: PathBuf,
+    },
     /// Remove a failed member from the array served at DIR, as `mdadm
     /// --remove` does (the metadata manager does this by itself after a
     /// failure; a member already removed is reported, not an error).
@@ -170,7 +211,7 @@ enum Command {
     },
     /// Run a benchmark against its baseline, side by side.
     Bench {
-        /// Which benchmark: extract, kernfs, blockio, pagecache, array, mon.
+        /// Which benchmark: extract, kernfs, blockio, pagecache, array, mon, recovery.
         name: String,
         /// One JSON object per figure per line.
         #[arg(long)]
@@ -259,6 +300,7 @@ fn main() -> ExitCode {
         Command::Stop { dir } => mount::stop(&dir),
         Command::Fail { dir, member } => manage::fail(&dir, &member),
         Command::Remove { dir, member } => manage::remove(&dir, &member),
+        Command::Add { dir, member } => manage::add(&dir, &member),
         Command::Mon { status, dir } => {
             if status {
                 mount::mon_status(&dir)
@@ -267,6 +309,9 @@ fn main() -> ExitCode {
             }
         }
         Command::Detail { dir, json } => detail::run(&dir, json),
+        Command::Status { json } => status::status(json),
+        Command::Wait { dir } => status::wait(&dir),
+        Command::Check { dir, repair, no_wait } => status::check(&dir, repair, no_wait),
         Command::Bench { name, json, quick, full, dir } => bench::run(&name, json, quick, full, dir),
         Command::Demo { dir, keep, member_mib } => demo::run(dir, keep, member_mib),
     };

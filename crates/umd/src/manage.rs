@@ -204,6 +204,8 @@ pub fn add(dir: &Path, member: &Path) -> CmdResult {
             _ => CliError(format!("{}: adding to {}: {e}", member.display(), dir.display())),
         })?;
     println!("umd: added {} to {} as a spare", member.display(), dir.display());
+    // The manager gives it a slot now rather than at its next look.
+    crate::mount::ping_mon(dir);
     let degraded =
         std::fs::read_to_string(md.join("degraded")).ok().and_then(|t| t.trim().parse::<u64>().ok());
     if degraded == Some(0) {

@@ -380,6 +380,20 @@ fn mon_paths(dir: &Path) -> (PathBuf, PathBuf) {
     (pid.with_extension("mon.lock"), pid.with_extension("mon.sock"))
 }
 
+/// Asks the manager of `dir` to look for work at once (mdadm's
+/// `ping_monitor`); false if none answers.
+pub fn ping_mon(dir: &Path) -> bool {
+    use std::io::BufRead;
+    let (_, socket_path) = mon_paths(&absolute(dir));
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(&socket_path) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"ping\n").is_err() {
+        return false;
+    }
+    let mut line = String::new();
+    io::BufReader::new(&s).read_line(&mut line).is_ok_and(|_| line.trim() == "ok")
+}
+
 /// Runs `umd mon DIR` (see the `mon` crate).
 pub fn mon(dir: &Path) -> CmdResult {
     let dir = absolute(dir);

@@ -1,0 +1,284 @@
+//! md's internal write-intent bitmap ([`md::bitmap`]), on arrays made by
+//! `md::create` with `--bitmap internal`:
+//!
+//! * the area mdadm reads: header fields, bits set for a new array that
+//!   needs a resync, clear with `--assume-clean`; the real kernel's fixture
+//!   `raid1_2d_bitmap` loads.
+//! * writes set exactly the bits of the chunks they touch on every member
+//!   before returning; two idle daemon passes clear them on disk.
+//! * after an unclean stop (superblocks dirty, bits left set), the resync
+//!   processes only the chunks whose bit is set (counted), makes their
+//!   redundancy right, and leaves clean chunks alone — proved by a
+//!   mismatch planted in a clean chunk that only a later `check` finds.
+//! * while degraded, bits are not cleared.
+
+mod common;
+
+use common::Scratch;
+use md::bitmap::{Bitmap, BitmapHeader, HEADER_BYTES};
+use md::{assemble_writable, AssembleOptions, Level};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Byte offset of the bitmap area on a v1.2 member (superblock at sector
+/// 8, bitmap 8 sectors after it).
+const AREA: u64 = 8192;
+
+fn scratch(tag: &str) -> Scratch {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("umd-md-bitmap-{}-{tag}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    Scratch(dir)
+}
+
+/// Creates an array with an internal bitmap of `chunk_kib` on `n` image
+/// files of `mib` MiB each.
+fn create(s: &Scratch, level: Level, n: usize, mib: u64, chunk_kib: u64, clean: bool) -> Vec<PathBuf> {
+    let paths: Vec<PathBuf> = (0..n).map(|i| s.0.join(format!("m{i}.img"))).collect();
+    for p in &paths {
+        std::fs::File::create(p).and_then(|f| f.set_len(mib << 20)).expect("image");
+    }
+    let req = md::create::Request {
+        level,
+        raid_devices: n,
+        chunk_kib: (level != Level::Raid1).then_some(64),
+        layout: None,
+        name: Some("bm".into()),
+        homehost: Some("test".into()),
+        size_kib: None,
+        assume_clean: clean,
+        bitmap: true,
+        bitmap_chunk_kib: Some(chunk_kib),
+        force: false,
+        members: paths.iter().cloned().map(Some).collect(),
+    };
+    md::create::plan(&req).expect("plan").write().expect("write");
+    paths
+}
+
+/// The header and the bits of `member`'s area.
+fn area(member: &Path) -> (BitmapHeader, Vec<bool>) {
+    let f = std::fs::File::open(member).expect("open");
+    let mut b = vec![0u8; 4096];
+    f.read_exact_at(&mut b, AREA).expect("read area");
+    let h = BitmapHeader::decode(&b).expect("bitmap header");
+    let bits = (0..h.chunks()).map(|i| b[HEADER_BYTES + (i / 8) as usize] & (1 << (i % 8)) != 0).collect();
+    (h, bits)
+}
+
+fn dirty_chunks(bits: &[bool]) -> Vec<u64> {
+    bits.iter().enumerate().filter(|(_, &b)| b).map(|(i, _)| i as u64).collect()
+}
+
+/// Marks every member's superblock dirty (resync_offset 0), as the
+/// metadata manager does before the first write; checksum recomputed.
+fn mark_dirty(paths: &[PathBuf]) {
+    for p in paths {
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(p).expect("open");
+        let mut b = vec![0u8; 4096];
+        f.read_exact_at(&mut b, 4096).expect("read sb");
+        b[208..216].copy_from_slice(&0u64.to_le_bytes());
+        let max_dev = u32::from_le_bytes(b[220..224].try_into().expect("4"));
+        let csum = md::superblock::checksum(&b, max_dev);
+        b[216..220].copy_from_slice(&csum.to_le_bytes());
+        f.write_all_at(&b, 4096).expect("write sb");
+    }
+}
+
+fn wait_idle(array: &md::Array, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ctl = array.sync_ctl();
+        if ctl.action() == md::sync::SyncAction::Idle && ctl.resync_cp() == md::superblock::MAX_SECTOR {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: sync not finished after 60 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn new_arrays_and_the_kernel_fixture() {
+    let s = scratch("format");
+    // Needs a resync: every bit set; the header as mdadm reads it.
+    let paths = create(&s, Level::Raid5, 4, 8, 256, false);
+    for p in &paths {
+        let (h, bits) = area(p);
+        assert_eq!(h.chunksize, 256 << 10);
+        // 7 MiB used per member after the 1 MiB data offset, in 64 KiB rows.
+        assert_eq!(h.sync_size, 7 * 2048);
+        assert_eq!(bits.len(), 28);
+        assert!(bits.iter().all(|&b| b), "{}: new array needing a resync: {bits:?}", p.display());
+    }
+    let sb = md::superblock::load(
+        &blockio::Member::open(&paths[0], blockio::Access::ReadOnly).expect("open"),
+        None,
+        true,
+    )
+    .expect("superblock");
+    assert!(sb.sb.has_feature(md::superblock::feature::BITMAP_OFFSET));
+    assert_eq!(sb.sb.bitmap_offset, 8);
+    let clean = scratch("format-clean");
+    let paths = create(&clean, Level::Raid1, 2, 8, 64, true);
+    for p in &paths {
+        let (_, bits) = area(p);
+        assert!(bits.iter().all(|&b| !b), "clean array: {bits:?}");
+    }
+    let asm = assemble_writable(&paths, &AssembleOptions::default()).expect("assemble");
+    let bm = asm.array.bitmap().expect("bitmap loaded");
+    assert_eq!((bm.chunks(), bm.stats().dirty), (112, 0));
+
+    // The kernel's own: raid1, 64 MiB chunks, one bit, clear after md's
+    // resync.
+    let (_fx, _images) = common::unpack_fixture("raid1_2d_bitmap", 2);
+    let dir = &_fx.0;
+    let fx: Vec<PathBuf> = (0..2).map(|i| dir.join(format!("m{i}.img"))).collect();
+    let (h, bits) = area(&fx[0]);
+    assert_eq!((h.chunksize, h.sync_size, h.daemon_sleep, h.events), (64 << 20, 14336, 5, 15));
+    assert_eq!(bits, vec![false]);
+    let asm = md::assemble(&fx, &AssembleOptions::default()).expect("assemble fixture");
+    let bm = asm.array.bitmap().expect("fixture bitmap loaded");
+    assert_eq!((bm.chunks(), bm.stats().dirty), (1, 0));
+}
+
+#[test]
+fn writes_set_bits_first_and_idle_clears_them() {
+    for (level, n) in [(Level::Raid5, 4), (Level::Raid1, 2), (Level::Raid6, 5), (Level::Raid10, 4)] {
+        let s = scratch("set-clear");
+        let paths = create(&s, level, n, 8, 64, true);
+        let asm = assemble_writable(&paths, &AssembleOptions::default()).expect("assemble");
+        let array = &asm.array;
+        let bm = array.bitmap().expect("bitmap").clone();
+        let unit_bytes: u64 = match level {
+            // Per-member sectors: a bit covers 64 KiB of each member, one
+            // 64 KiB chunk row.
+            Level::Raid5 => 3 * (64 << 10),
+            Level::Raid6 => 3 * (64 << 10),
+            _ => 64 << 10,
+        };
+        let offsets = [0u64, 5 * unit_bytes + 100, 17 * unit_bytes + unit_bytes - 10];
+        for &off in &offsets {
+            array.write_at(off, &[0xab; 4000]).expect("write");
+        }
+        let mut want: Vec<u64> = offsets
+            .iter()
+            .flat_map(|&o| {
+                let (a, b) = array.sync_units(o, 4000);
+                let per = bm.chunk_units();
+                (a / per)..b.div_ceil(per)
+            })
+            .collect();
+        want.sort_unstable();
+        want.dedup();
+        for p in &paths {
+            let (_, bits) = area(p);
+            assert_eq!(dirty_chunks(&bits), want, "{level}: bits on {} after the writes", p.display());
+        }
+        // Two idle passes clear them on every member.
+        let slots = &array.slots;
+        bm.daemon_pass(slots, array.health(), false, true).expect("pass");
+        assert_eq!(bm.stats().dirty, want.len() as u64, "{level}: cleared after one pass");
+        bm.daemon_pass(slots, array.health(), false, true).expect("pass");
+        for p in &paths {
+            let (h, bits) = area(p);
+            assert!(dirty_chunks(&bits).is_empty(), "{level}: bits left on {}: {bits:?}", p.display());
+            assert_eq!(h.events_cleared, h.events, "{level}: events_cleared");
+        }
+        // A write between the passes keeps its bit.
+        array.write_at(0, &[1; 10]).expect("write");
+        bm.daemon_pass(slots, array.health(), false, true).expect("pass");
+        array.write_at(0, &[2; 10]).expect("write");
+        bm.daemon_pass(slots, array.health(), false, true).expect("pass");
+        // The second write re-armed the idle count: one more pass needed.
+        assert_eq!(bm.stats().dirty, 1, "{level}: chunk 0 written between passes");
+    }
+}
+
+/// Corrupts (xors) `len` bytes at member byte `off` of the data area.
+fn corrupt(path: &Path, off: u64, len: usize) {
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).expect("open");
+    let at = (1 << 20) + off;
+    let mut b = vec![0u8; len];
+    f.read_exact_at(&mut b, at).expect("read");
+    for x in &mut b {
+        *x ^= 0x5a;
+    }
+    f.write_all_at(&b, at).expect("write");
+}
+
+#[test]
+fn unclean_stop_resyncs_only_dirty_chunks() {
+    for (level, n) in [(Level::Raid5, 4), (Level::Raid1, 2)] {
+        let s = scratch("unclean");
+        let paths = create(&s, level, n, 8, 64, true);
+        mark_dirty(&paths);
+        let dirty_writes = [0u64, 9 << 20];
+        {
+            let asm = assemble_writable(&paths, &AssembleOptions::default()).expect("assemble");
+            for &off in &dirty_writes {
+                let off = off.min(asm.array.size() - 4096);
+                asm.array.write_at(off, &[0xcd; 4096]).expect("write");
+            }
+            asm.array.flush().expect("flush");
+            // The machine stops here: no idle pass, superblocks dirty.
+        }
+        let (_, bits) = area(&paths[0]);
+        let dirty = dirty_chunks(&bits);
+        assert!(!dirty.is_empty() && dirty.len() < bits.len() / 4, "{level}: dirty chunks {dirty:?}");
+        // A mismatch in a dirty chunk (the resync fixes it) and one in a
+        // clean chunk (the resync must not even look at it). Member 1's
+        // data, page 0 of chunk `c` (64 KiB of member space per chunk).
+        let clean_chunk =
+            (0..bits.len() as u64).find(|c| !dirty.contains(c) && *c > 4).expect("a clean chunk");
+        corrupt(&paths[1], dirty[0] * (64 << 10), 4096);
+        corrupt(&paths[1], clean_chunk * (64 << 10), 4096);
+
+        let asm = assemble_writable(&paths, &AssembleOptions::default()).expect("assemble again");
+        let array = Arc::new(asm.array);
+        assert_ne!(array.sync_ctl().resync_cp(), md::superblock::MAX_SECTOR, "{level}: dirty at assembly");
+        let h = md::sync::spawn(array.clone()).expect("sync thread");
+        wait_idle(&array, &format!("{level} resync"));
+        let per = array.bitmap().expect("bitmap").chunk_units();
+        assert_eq!(
+            array.sync_ctl().synced_units(),
+            dirty.len() as u64 * per,
+            "{level}: the resync processed other chunks than the dirty ones ({dirty:?})"
+        );
+        // The clean chunk was left alone: check finds exactly its page.
+        array.sync_ctl().store_action(b"check").expect("check");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while array.sync_ctl().action() != md::sync::SyncAction::Idle
+            || array.sync_ctl().completed().is_some()
+        {
+            assert!(Instant::now() < deadline, "{level}: check not finished");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(array.sync_ctl().mismatches(), 8, "{level}: mismatches after the bitmap resync");
+        array.sync_ctl().shutdown();
+        h.join().expect("sync thread");
+    }
+}
+
+#[test]
+fn degraded_arrays_keep_their_bits() {
+    let s = scratch("degraded");
+    let paths = create(&s, Level::Raid5, 4, 8, 64, true);
+    let asm = assemble_writable(&paths[..3], &AssembleOptions { force: true, ..Default::default() })
+        .expect("assemble degraded");
+    let array = &asm.array;
+    let bm: &Bitmap = array.bitmap().expect("bitmap");
+    array.write_at(0, &[7; 5000]).expect("write");
+    let before = bm.stats().dirty;
+    assert!(before > 0);
+    for _ in 0..3 {
+        bm.daemon_pass(&array.slots, array.health(), array.missing() > 0, true).expect("pass");
+    }
+    assert_eq!(bm.stats().dirty, before, "bits cleared while degraded");
+    let (_, bits) = area(&paths[0]);
+    assert_eq!(dirty_chunks(&bits).len() as u64, before);
+}
