@@ -68,6 +68,10 @@ pub struct SlotMember {
     pub slot: AtomicUsize,
     /// Its id in the array ([`Slots::by_id`]).
     pub id: AtomicUsize,
+    /// md's `saved_raid_disk`: the slot a member coming back (re-add) held
+    /// before; placed there again it is recovered from the write-intent
+    /// bitmap only ([`NO_SLOT`]: a new member).
+    pub saved_slot: AtomicUsize,
     /// Member sectors rebuilt so far while it is recovered (md's
     /// `recovery_offset`, `dev-*/recovery_start`).
     pub recovery_offset: AtomicU64,
@@ -94,6 +98,9 @@ pub mod flags {
     pub const SPARE: u32 = 16;
     /// In a slot, not in sync: written, not read, rebuilt by recovery.
     pub const RECOVERING: u32 = 32;
+    /// Being recovered after a re-add: only chunks the write-intent bitmap
+    /// marks are rebuilt (the member missed only those writes).
+    pub const BITMAP_RECOVERY: u32 = 64;
 }
 
 impl SlotMember {
@@ -108,6 +115,7 @@ impl SlotMember {
             read_errors: AtomicU32::new(0),
             slot: AtomicUsize::new(NO_SLOT),
             id: AtomicUsize::new(NO_SLOT),
+            saved_slot: AtomicUsize::new(NO_SLOT),
             recovery_offset: AtomicU64::new(0),
         }
     }
@@ -497,7 +505,11 @@ impl Health {
             }
             m.recovery_offset.store(0, Ordering::Release);
             m.slot.store(slot, Ordering::Release);
-            m.flags.store(flags::RECOVERING, Ordering::Release);
+            let readd = m.saved_slot.load(Ordering::Acquire) == slot;
+            m.flags.store(
+                flags::RECOVERING | if readd { flags::BITMAP_RECOVERY } else { 0 },
+                Ordering::Release,
+            );
             h.store(index, Ordering::Release);
         }
         if let Some(e) = self.events() {
@@ -514,7 +526,7 @@ impl Health {
             if m.flags() & flags::FAULTY != 0 {
                 return;
             }
-            m.flags.fetch_and(!flags::RECOVERING, Ordering::AcqRel);
+            m.flags.fetch_and(!(flags::RECOVERING | flags::BITMAP_RECOVERY), Ordering::AcqRel);
         }
         if let Some(e) = self.events() {
             e.member_changed(m.id.load(Ordering::Acquire));
@@ -538,6 +550,47 @@ impl Health {
     pub(crate) fn absorb(&self, slot: usize, e: &io::Error) -> bool {
         e.kind() != io::ErrorKind::InvalidInput && self.fail(slot, true)
     }
+}
+
+/// md's `new_dev` for a running array: opens the device or image file at
+/// `path` read-write as a member of the array whose superblock is
+/// `template`, with the array's data offset and all the space after it.
+/// A member that belonged to this array (its superblock names the array,
+/// it is in sync, and — md's rule — its `events` are not older than the
+/// bitmap's `events_cleared`) is marked for re-add to its old slot
+/// ([`SlotMember::saved_slot`]). `ENOSPC`: too small.
+pub fn spare_from_path(
+    path: &std::path::Path,
+    template: &Superblock,
+    bitmap: Option<&crate::bitmap::Bitmap>,
+) -> Result<SlotMember, i32> {
+    let dev = Member::open_with(
+        path,
+        &blockio::MemberOptions { access: Access::ReadWrite, direct: blockio::Direct::Never, faults: None },
+    )
+    .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+    let sectors = dev.size() / 512;
+    let mut sb = template.clone();
+    if sectors < sb.data_offset + sb.size {
+        return Err(libc::ENOSPC);
+    }
+    sb.data_size = sectors - sb.data_offset;
+    sb.recovery_offset = 0;
+    let saved = match (crate::superblock::load(&dev, None, true), bitmap) {
+        (Ok(f), Some(bm))
+            if f.sb.set_uuid == template.set_uuid
+                && f.sb.data_offset == template.data_offset
+                && !f.sb.has_feature(crate::superblock::feature::RECOVERY_OFFSET)
+                && usize::from(f.sb.role()) < template.raid_disks as usize
+                && f.sb.events >= bm.events_cleared() =>
+        {
+            usize::from(f.sb.role())
+        }
+        _ => NO_SLOT,
+    };
+    let m = SlotMember::new(Arc::new(dev), sb);
+    m.saved_slot.store(saved, Ordering::Release);
+    Ok(m)
 }
 
 /// An assembled array.

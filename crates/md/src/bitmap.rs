@@ -265,6 +265,12 @@ impl Bitmap {
         }
     }
 
+    /// `events_cleared`: the events when bits were last cleared (a member
+    /// whose superblock is not older can be re-added from the bitmap).
+    pub fn events_cleared(&self) -> u64 {
+        self.header.lock().map_or(u64::MAX, |h| h.events_cleared)
+    }
+
     /// Sync units per bit.
     pub fn chunk_units(&self) -> u64 {
         self.chunk_units

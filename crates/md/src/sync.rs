@@ -754,7 +754,12 @@ fn recover_parity(
     let row_bytes = shape.stripe_bytes();
     // Rows per batch: each member in service reads its part of the batch
     // as one sequential read, all members in parallel.
-    let batch = (BATCH_BYTES / chunk).clamp(1, MAX_BATCH_ROWS) as u64;
+    let mut batch = (BATCH_BYTES / chunk).clamp(1, MAX_BATCH_ROWS) as u64;
+    if let Some(bm) = bitmap_only(array, targets) {
+        // Batches no larger than a bitmap chunk: clean chunks are skipped
+        // whole.
+        batch = batch.min((bm.chunk_units() / unit).max(1));
+    }
     let sources: Vec<usize> = (0..n).filter(|&s| slots.is_present(s)).collect();
     let mut bufs: Vec<Vec<u8>> = (0..n)
         .map(|s| {
@@ -772,6 +777,16 @@ fn recover_parity(
     while r0 < shape.stripes {
         let r1 = (r0 + batch).min(shape.stripes);
         let rows = (r1 - r0) as usize;
+        if bitmap_only(array, targets).is_some_and(|bm| !bm.is_dirty(r0 * unit, r1 * unit)) {
+            // A re-added member missed no write here (the bitmap says).
+            set_offset(r1 * unit);
+            if !r.stepped(r1 * unit) {
+                return Ok(false);
+            }
+            r0 = r1;
+            continue;
+        }
+        r.ctl.synced.fetch_add((r1 - r0) * unit, Ordering::AcqRel);
         let outcome: io::Result<()> = stripes.with_rows(r0..r1, || {
             read_batch(array, &sources, r0 * shape.chunk_bytes, rows * chunk, &mut bufs)?;
             for row in r0..r1 {
@@ -819,6 +834,15 @@ fn recover_parity(
         r0 = r1;
     }
     Ok(true)
+}
+
+/// The bitmap, when every member being recovered is a re-add (it missed
+/// only the writes the bitmap marks): recovery skips clean chunks.
+fn bitmap_only<'a>(array: &'a Array, targets: &[usize]) -> Option<&'a crate::bitmap::Bitmap> {
+    let readd = targets.iter().all(|&t| {
+        array.slots.get(t).is_some_and(|m| m.flags() & crate::array::flags::BITMAP_RECOVERY != 0)
+    });
+    array.bitmap().map(|b| &**b).filter(|_| readd)
 }
 
 /// Bytes of each member a recovery batch reads.
@@ -901,6 +925,16 @@ fn recover_mirrors(
     let mut off = from * 512;
     while off < size {
         let len = (size - off).min(MIRROR_WINDOW) as usize;
+        let (u0, u1) = (off / 512, (off + len as u64).div_ceil(512));
+        if bitmap_only(array, targets).is_some_and(|bm| !bm.is_dirty(u0, u1)) {
+            off += len as u64;
+            set_offset(off.div_ceil(512));
+            if !r.stepped(off.div_ceil(512)) {
+                return Ok(false);
+            }
+            continue;
+        }
+        r.ctl.synced.fetch_add(u1 - u0, Ordering::AcqRel);
         let pieces = array.personality.map_write(off, len)?;
         let outcome: io::Result<()> = array.with_mirror_window(off, || {
             for p in pieces.iter().filter(|p| targets.contains(&p.slot) && slots.takes_writes(p.slot)) {

@@ -1038,6 +1038,7 @@ pub fn publish(fs: &Arc<Kernfs>, parent: &NodeRef, array: &Array, readonly: bool
     if !readonly {
         let t = Arc::downgrade(&tree);
         let template = array.sb.clone();
+        let bitmap = array.bitmap().cloned();
         fs.create_attr(
             &md,
             "new_dev",
@@ -1046,7 +1047,7 @@ pub fn publish(fs: &Arc<Kernfs>, parent: &NodeRef, array: &Array, readonly: bool
                 show: |_: &mut ShowBuf| Err(libc::EACCES),
                 store: move |data: &[u8]| {
                     let t = t.upgrade().ok_or(libc::ENODEV)?;
-                    add_new_dev(&t, &template, data).map(|()| data.len())
+                    add_new_dev(&t, &template, bitmap.as_ref(), data).map(|()| data.len())
                 },
             })),
         )?;
@@ -1068,6 +1069,7 @@ pub fn publish(fs: &Arc<Kernfs>, parent: &NodeRef, array: &Array, readonly: bool
 fn add_new_dev(
     tree: &Arc<MemberTree>,
     template: &crate::superblock::Superblock,
+    bitmap: Option<&Arc<crate::bitmap::Bitmap>>,
     data: &[u8],
 ) -> Result<(), Errno> {
     let text = std::str::from_utf8(word(data)).map_err(|_| libc::EINVAL)?;
@@ -1083,24 +1085,8 @@ fn add_new_dev(
             return Err(libc::EEXIST);
         }
     }
-    let dev = blockio::Member::open_with(
-        &canon,
-        &blockio::MemberOptions {
-            access: blockio::Access::ReadWrite,
-            direct: blockio::Direct::Never,
-            faults: None,
-        },
-    )
-    .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
-    let sectors = dev.size() / 512;
-    // The array's layout on it: its data offset, all the space after it.
-    let mut sb = template.clone();
-    if sectors < sb.data_offset + sb.size {
-        return Err(libc::ENOSPC);
-    }
-    sb.data_size = sectors - sb.data_offset;
-    sb.recovery_offset = 0;
-    let id = tree.health.add(SlotMember::new(Arc::new(dev), sb))?;
+    let m = crate::array::spare_from_path(&canon, template, bitmap.map(|b| &**b))?;
+    let id = tree.health.add(m)?;
     tree.create_dir(id)
 }
 

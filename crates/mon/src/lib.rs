@@ -1212,8 +1212,9 @@ fn activate_spare(
         }
     }
     let (Some((name, path)), Some(source)) = (spare, source) else { return Ok(None) };
-    let empty = (0..dirs.len()).find(|&s| retiring & (1 << s) == 0 && !md.join(format!("rd{s}")).exists());
-    let Some(slot) = empty else { return Ok(None) };
+    let is_empty = |s: usize| s < dirs.len() && retiring & (1 << s) == 0 && !md.join(format!("rd{s}")).exists();
+    let empty = (0..dirs.len()).find(|&s| is_empty(s));
+    let Some(mut slot) = empty else { return Ok(None) };
     // The array's superblock, from a member in service.
     let reader = Member::open_with(
         &source,
@@ -1223,6 +1224,18 @@ fn activate_spare(
     let f = superblock::load(&reader, None, true)
         .map_err(|e| MonError(format!("{}: superblock: {e}", source.display())))?;
     let mut sb = f.sb.clone();
+    // A member coming back (re-add): its own superblock names this array
+    // and a slot that is empty; it goes back there, keeping its device
+    // number and UUID (md recovers it from the bitmap).
+    let own = Member::open_with(&path, &MemberOptions { access: Access::ReadOnly, direct: Direct::Never, faults: None })
+        .ok()
+        .and_then(|m| superblock::load(&m, None, true).ok());
+    let readd = own.filter(|o| {
+        o.sb.set_uuid == sb.set_uuid && is_empty(usize::from(o.sb.role())) && o.sb.dev_number < sb.max_dev
+    });
+    if let Some(o) = &readd {
+        slot = usize::from(o.sb.role());
+    }
     let size_kib: u64 = std::fs::read_to_string(md.join(&name).join("size"))
         .ok()
         .and_then(|t| t.trim().parse().ok())
@@ -1232,11 +1245,15 @@ fn activate_spare(
     let free = (0..sb.max_dev).find(|&i| {
         held.get(i as usize).is_some_and(|&r| r == superblock::MD_DISK_ROLE_SPARE || r == ROLE_FAULTY)
     });
-    let Some(dev_number) = free else {
-        return err(format!("{name}: no free device number among {} in the superblock", sb.max_dev));
+    let (dev_number, device_uuid) = match (&readd, free) {
+        (Some(o), _) => (o.sb.dev_number, o.sb.device_uuid),
+        (None, Some(d)) => (d, new_uuid()),
+        (None, None) => {
+            return err(format!("{name}: no free device number among {} in the superblock", sb.max_dev));
+        }
     };
     sb.dev_number = dev_number;
-    sb.device_uuid = new_uuid();
+    sb.device_uuid = device_uuid;
     sb.data_size = size_kib * 2;
     sb.recovery_offset = 0;
     sb.feature_map |= superblock::feature::RECOVERY_OFFSET;
@@ -1258,7 +1275,11 @@ fn activate_spare(
         .open(md.join(&name).join("slot"))
         .and_then(|mut f| f.write_all(slot.to_string().as_bytes()))
         .map_err(|e| MonError(format!("{name}: storing slot {slot}: {e}")))?;
-    log(format_args!("{} (spare) takes slot {slot}; md recovers it", path.display()));
+    log(format_args!(
+        "{} ({}) takes slot {slot}; md recovers it",
+        path.display(),
+        if readd.is_some() { "re-added" } else { "spare" }
+    ));
     Ok(Some((slot, entry)))
 }
 
