@@ -506,10 +506,8 @@ impl Health {
             m.recovery_offset.store(0, Ordering::Release);
             m.slot.store(slot, Ordering::Release);
             let readd = m.saved_slot.load(Ordering::Acquire) == slot;
-            m.flags.store(
-                flags::RECOVERING | if readd { flags::BITMAP_RECOVERY } else { 0 },
-                Ordering::Release,
-            );
+            m.flags
+                .store(flags::RECOVERING | if readd { flags::BITMAP_RECOVERY } else { 0 }, Ordering::Release);
             h.store(index, Ordering::Release);
         }
         if let Some(e) = self.events() {

@@ -839,9 +839,9 @@ fn recover_parity(
 /// The bitmap, when every member being recovered is a re-add (it missed
 /// only the writes the bitmap marks): recovery skips clean chunks.
 fn bitmap_only<'a>(array: &'a Array, targets: &[usize]) -> Option<&'a crate::bitmap::Bitmap> {
-    let readd = targets.iter().all(|&t| {
-        array.slots.get(t).is_some_and(|m| m.flags() & crate::array::flags::BITMAP_RECOVERY != 0)
-    });
+    let readd = targets
+        .iter()
+        .all(|&t| array.slots.get(t).is_some_and(|m| m.flags() & crate::array::flags::BITMAP_RECOVERY != 0));
     array.bitmap().map(|b| &**b).filter(|_| readd)
 }
 

@@ -1212,7 +1212,8 @@ fn activate_spare(
         }
     }
     let (Some((name, path)), Some(source)) = (spare, source) else { return Ok(None) };
-    let is_empty = |s: usize| s < dirs.len() && retiring & (1 << s) == 0 && !md.join(format!("rd{s}")).exists();
+    let is_empty =
+        |s: usize| s < dirs.len() && retiring & (1 << s) == 0 && !md.join(format!("rd{s}")).exists();
     let empty = (0..dirs.len()).find(|&s| is_empty(s));
     let Some(mut slot) = empty else { return Ok(None) };
     // The array's superblock, from a member in service.
@@ -1227,9 +1228,12 @@ fn activate_spare(
     // A member coming back (re-add): its own superblock names this array
     // and a slot that is empty; it goes back there, keeping its device
     // number and UUID (md recovers it from the bitmap).
-    let own = Member::open_with(&path, &MemberOptions { access: Access::ReadOnly, direct: Direct::Never, faults: None })
-        .ok()
-        .and_then(|m| superblock::load(&m, None, true).ok());
+    let own = Member::open_with(
+        &path,
+        &MemberOptions { access: Access::ReadOnly, direct: Direct::Never, faults: None },
+    )
+    .ok()
+    .and_then(|m| superblock::load(&m, None, true).ok());
     let readd = own.filter(|o| {
         o.sb.set_uuid == sb.set_uuid && is_empty(usize::from(o.sb.role())) && o.sb.dev_number < sb.max_dev
     });
