@@ -418,6 +418,22 @@ impl Bitmap {
         }
         self.clear_writes.fetch_add(1, Ordering::Relaxed);
         self.cleared.store(true, Ordering::Relaxed);
+        // The data the cleared bits covered must be on disk before the
+        // bits say so (md writes bitmap pages with a preflush).
+        for slot in 0..slots.len() {
+            if !slots.takes_writes(slot) {
+                continue;
+            }
+            if let Some(m) = slots.get(slot) {
+                if let Err(e) = m.dev.flush() {
+                    if !health.fail(slot, true) {
+                        // The bits on disk stay set: the safe side.
+                        drop(area);
+                        return Err(e);
+                    }
+                }
+            }
+        }
         self.write_area(&mut area, slots, health)
     }
 

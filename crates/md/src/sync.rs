@@ -789,6 +789,14 @@ fn recover_parity(
         r.ctl.synced.fetch_add((r1 - r0) * unit, Ordering::AcqRel);
         let outcome: io::Result<()> = stripes.with_rows(r0..r1, || {
             read_batch(array, &sources, r0 * shape.chunk_bytes, rows * chunk, &mut bufs)?;
+            // The next batch is read from the disks while this one is
+            // rebuilt and written.
+            let next = (r1 * shape.chunk_bytes, (r1 - r0).min(shape.stripes - r1) * shape.chunk_bytes);
+            for &src in &sources {
+                if let Some(m) = slots.get(src) {
+                    m.dev.advise_willneed(m.data_start + next.0, next.1);
+                }
+            }
             for row in r0..r1 {
                 if !array.personality.stripe_map(row, &mut map) {
                     break;

@@ -389,9 +389,11 @@ struct TreeEvents(std::sync::Weak<MemberTree>);
 impl ArrayEvents for TreeEvents {
     fn member_failed(&self, id: usize) {
         let Some(t) = self.0.upgrade() else { return };
-        t.machine.member_failed();
+        // The member's `state` first: a manager woken by `array_state`
+        // (write-pending) then finds the failure notified too.
         t.notify_member(id);
         t.notify_degraded();
+        t.machine.member_failed();
     }
 
     fn member_changed(&self, id: usize) {

@@ -14,18 +14,14 @@
 
 mod common;
 
-use common::Scratch;
-use md::bitmap::{Bitmap, BitmapHeader, HEADER_BYTES};
+use common::{bitmap_area as area, dirty_chunks, mark_resync_offset, Scratch};
+use md::bitmap::Bitmap;
 use md::{assemble_writable, AssembleOptions, Level};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Byte offset of the bitmap area on a v1.2 member (superblock at sector
-/// 8, bitmap 8 sectors after it).
-const AREA: u64 = 8192;
 
 fn scratch(tag: &str) -> Scratch {
     static N: AtomicUsize = AtomicUsize::new(0);
@@ -39,55 +35,7 @@ fn scratch(tag: &str) -> Scratch {
 /// Creates an array with an internal bitmap of `chunk_kib` on `n` image
 /// files of `mib` MiB each.
 fn create(s: &Scratch, level: Level, n: usize, mib: u64, chunk_kib: u64, clean: bool) -> Vec<PathBuf> {
-    let paths: Vec<PathBuf> = (0..n).map(|i| s.0.join(format!("m{i}.img"))).collect();
-    for p in &paths {
-        std::fs::File::create(p).and_then(|f| f.set_len(mib << 20)).expect("image");
-    }
-    let req = md::create::Request {
-        level,
-        raid_devices: n,
-        chunk_kib: (level != Level::Raid1).then_some(64),
-        layout: None,
-        name: Some("bm".into()),
-        homehost: Some("test".into()),
-        size_kib: None,
-        assume_clean: clean,
-        bitmap: true,
-        bitmap_chunk_kib: Some(chunk_kib),
-        force: false,
-        members: paths.iter().cloned().map(Some).collect(),
-    };
-    md::create::plan(&req).expect("plan").write().expect("write");
-    paths
-}
-
-/// The header and the bits of `member`'s area.
-fn area(member: &Path) -> (BitmapHeader, Vec<bool>) {
-    let f = std::fs::File::open(member).expect("open");
-    let mut b = vec![0u8; 4096];
-    f.read_exact_at(&mut b, AREA).expect("read area");
-    let h = BitmapHeader::decode(&b).expect("bitmap header");
-    let bits = (0..h.chunks()).map(|i| b[HEADER_BYTES + (i / 8) as usize] & (1 << (i % 8)) != 0).collect();
-    (h, bits)
-}
-
-fn dirty_chunks(bits: &[bool]) -> Vec<u64> {
-    bits.iter().enumerate().filter(|(_, &b)| b).map(|(i, _)| i as u64).collect()
-}
-
-/// Marks every member's superblock dirty (resync_offset 0), as the
-/// metadata manager does before the first write; checksum recomputed.
-fn mark_dirty(paths: &[PathBuf]) {
-    for p in paths {
-        let f = std::fs::OpenOptions::new().read(true).write(true).open(p).expect("open");
-        let mut b = vec![0u8; 4096];
-        f.read_exact_at(&mut b, 4096).expect("read sb");
-        b[208..216].copy_from_slice(&0u64.to_le_bytes());
-        let max_dev = u32::from_le_bytes(b[220..224].try_into().expect("4"));
-        let csum = md::superblock::checksum(&b, max_dev);
-        b[216..220].copy_from_slice(&csum.to_le_bytes());
-        f.write_all_at(&b, 4096).expect("write sb");
-    }
+    common::create_with_bitmap(&s.0, level, n, mib << 20, chunk_kib, clean)
 }
 
 fn wait_idle(array: &md::Array, what: &str) {
@@ -216,7 +164,7 @@ fn unclean_stop_resyncs_only_dirty_chunks() {
     for (level, n) in [(Level::Raid5, 4), (Level::Raid1, 2)] {
         let s = scratch("unclean");
         let paths = create(&s, level, n, 8, 64, true);
-        mark_dirty(&paths);
+        mark_resync_offset(&paths, 0);
         let dirty_writes = [0u64, 9 << 20];
         {
             let asm = assemble_writable(&paths, &AssembleOptions::default()).expect("assemble");

@@ -755,7 +755,7 @@ impl Monitor {
 
     /// Applies the manager's updates (while the manager's ring has room
     /// for the box to go back). Allocation-free: boxes only move.
-    fn apply_updates(&mut self) {
+    fn apply_updates(&mut self) -> bool {
         let mut applied = false;
         while self.shared.to_manager.has_room() {
             let Some(mut update) = self.shared.to_monitor.pop() else { break };
@@ -785,17 +785,24 @@ impl Monitor {
         if applied {
             self.shared.manager_wake.signal();
         }
+        applied
     }
 
     /// Reads every managed member's `state`: a member newly `faulty` gets
     /// the faulty role in every other member's buffer. Returns whether a
     /// failure awaits recording. Allocation-free.
-    fn read_members(&mut self, word: &mut [u8]) -> bool {
+    fn read_members(&mut self, word: &mut [u8], all: bool) -> bool {
         let mut pending = false;
         for slot in 0..self.members.len() {
             let pfd = self.member_pfd(slot);
             let Some(m) = self.members[slot].as_mut() else { continue };
             if self.pollfds[pfd].fd < 0 {
+                continue;
+            }
+            // Only what notified (a pending notify is consumed by the
+            // read), unless everything is to be looked at.
+            if !all && self.pollfds[pfd].revents == 0 {
+                pending |= m.failed && !m.recorded;
                 continue;
             }
             let st = match read_attr(&m.state, word) {
@@ -887,9 +894,12 @@ impl Monitor {
     pub fn run(&mut self) -> Result<(), MonError> {
         let mut word = [0u8; 64];
         let mut unknown_logged = false;
+        // Read every member's attributes this round (the first, after a
+        // timeout or a retry).
+        let mut full = true;
         loop {
             self.shared.monitor_wake.clear();
-            self.apply_updates();
+            let applied = self.apply_updates();
             let n = match read_attr(&self.array_state, &mut word) {
                 Ok(n) => n,
                 Err(e) => {
@@ -914,8 +924,12 @@ impl Monitor {
                 self.stats().errors.fetch_add(1, Ordering::Relaxed);
             }
             let mut member_word = [0u8; 128];
-            let failures = self.read_members(&mut member_word);
-            let moved = self.read_recovery(&mut member_word);
+            // A write-pending acknowledgement reads only what notified; on
+            // a timeout, a retry or an update, every member is read.
+            let members_notified =
+                self.pollfds[2..].iter().any(|p| p.fd >= 0 && p.revents != 0) || applied || full;
+            let failures = self.read_members(&mut member_word, full || applied);
+            let moved = members_notified && self.read_recovery(&mut member_word);
             let pending = failures || moved || self.structural;
             let mut retry = false;
             // 1. Metadata first: new failures, and the dirty mark a
@@ -1019,6 +1033,7 @@ impl Monitor {
                     return Ok(());
                 }
             }
+            full = rc == 0 || retry;
             // As mdmon: every wake-up re-reads every attribute (a notify
             // stays pending on an open attribute until it is read, and
             // poll would return at once forever). `array_state` and the
@@ -1076,6 +1091,8 @@ fn manager(
     let mut retiring = 0u64;
     // A `ping` (mdadm's ping_monitor after an add): look again at once.
     let mut pinged = false;
+    // Rounds since the last look for spares.
+    let mut idle_rounds = 0u32;
     loop {
         let mut pfds = [
             libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 },
@@ -1084,7 +1101,8 @@ fn manager(
         // A removal refused for now (EBUSY) is retried every second.
         // SAFETY: two valid pollfds.
         unsafe { libc::poll(pfds.as_mut_ptr(), 2, if pinged { 0 } else { 1000 }) };
-        pinged = false;
+        let pinged_now = std::mem::take(&mut pinged);
+        let woken = pfds[1].revents != 0;
         shared.manager_wake.clear();
         // Structures the monitor let go of: closed and freed here.
         while let Some(back) = shared.to_manager.pop() {
@@ -1103,8 +1121,20 @@ fn manager(
             }
         }
         // A spare and an empty slot: the spare takes it (mdmon's
-        // activate_spare) and md recovers it.
-        if outbox.is_empty() {
+        // activate_spare) and md recovers it. Looked for when pinged
+        // (`umd add`), woken, and every ten seconds otherwise, and only
+        // while the array is degraded (each look reads the attribute tree
+        // over FUSE, beside the array's own requests).
+        idle_rounds += 1;
+        let look = pinged_now || woken || idle_rounds >= 10;
+        let degraded = || {
+            std::fs::read_to_string(md.join("degraded")).ok().and_then(|t| t.trim().parse::<u64>().ok())
+                != Some(0)
+        };
+        if look {
+            idle_rounds = 0;
+        }
+        if outbox.is_empty() && look && degraded() {
             match activate_spare(&md, &dirs, retiring) {
                 Ok(Some((slot, entry))) => {
                     dirs[slot] = Some(entry.dir_name.clone());

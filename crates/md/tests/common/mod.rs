@@ -391,3 +391,88 @@ pub fn set_resync_offset(files: &[File], spec: &Spec, sector: u64) {
         f.sync_all().unwrap();
     }
 }
+
+// ---------------------------------------------------------------------------
+// Arrays with md's internal write-intent bitmap, made by `md::create` (the
+// synthetic builder makes none): the bitmap area and the superblock read
+// and marked straight on the member images.
+// ---------------------------------------------------------------------------
+
+/// Byte offset of the bitmap area on a v1.2 member made by `md::create`
+/// (superblock at sector 8, bitmap 8 sectors after it).
+pub const BITMAP_AREA: u64 = 8192;
+/// Byte offset of the v1.2 superblock.
+pub const SB_OFFSET: u64 = 4096;
+
+/// Creates an array (`md::create`, v1.2, chunk 64 KiB, none for raid1,
+/// the level's default layout) with an internal bitmap of
+/// `bitmap_chunk_kib` on `n` new image files `m<i>.img` of `image_bytes`
+/// each in `dir`; `clean`: `--assume-clean` (bits clear), else every bit
+/// set (needs a resync). Returns the member paths.
+pub fn create_with_bitmap(
+    dir: &Path,
+    level: Level,
+    n: usize,
+    image_bytes: u64,
+    bitmap_chunk_kib: u64,
+    clean: bool,
+) -> Vec<PathBuf> {
+    let paths: Vec<PathBuf> = (0..n).map(|i| dir.join(format!("m{i}.img"))).collect();
+    for p in &paths {
+        File::create(p).and_then(|f| f.set_len(image_bytes)).expect("create member image");
+    }
+    let req = md::create::Request {
+        level,
+        raid_devices: n,
+        chunk_kib: (level != Level::Raid1).then_some(64),
+        layout: None,
+        name: Some("bm".into()),
+        homehost: Some("test".into()),
+        size_kib: None,
+        assume_clean: clean,
+        bitmap: true,
+        bitmap_chunk_kib: Some(bitmap_chunk_kib),
+        force: false,
+        members: paths.iter().cloned().map(Some).collect(),
+    };
+    md::create::plan(&req).expect("plan the array").write().expect("write the array");
+    paths
+}
+
+/// The bitmap header and bits of `member`'s area, as on its image.
+pub fn bitmap_area(member: &Path) -> (md::bitmap::BitmapHeader, Vec<bool>) {
+    let f = File::open(member).expect("open member image");
+    let mut b = vec![0u8; 4096];
+    f.read_exact_at(&mut b, BITMAP_AREA).expect("read the bitmap area");
+    let h = md::bitmap::BitmapHeader::decode(&b).expect("bitmap header");
+    let base = md::bitmap::HEADER_BYTES;
+    let bits = (0..h.chunks()).map(|i| b[base + (i / 8) as usize] & (1 << (i % 8)) != 0).collect();
+    (h, bits)
+}
+
+/// The indices of the set bits.
+pub fn dirty_chunks(bits: &[bool]) -> Vec<u64> {
+    bits.iter().enumerate().filter(|(_, &b)| b).map(|(i, _)| i as u64).collect()
+}
+
+/// Rewrites every member's v1.2 superblock (read from its image) with
+/// `resync_offset` = `sector` (0: dirty, as the metadata manager marks it
+/// before the first write; `u64::MAX`: clean), checksum recomputed.
+pub fn mark_resync_offset(paths: &[PathBuf], sector: u64) {
+    for p in paths {
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(p).expect("open member image");
+        let mut b = vec![0u8; 4096];
+        f.read_exact_at(&mut b, SB_OFFSET).expect("read superblock");
+        b[208..216].copy_from_slice(&sector.to_le_bytes());
+        let max_dev = u32::from_le_bytes(b[220..224].try_into().expect("4 bytes"));
+        let csum = md::superblock::checksum(&b, max_dev);
+        b[216..220].copy_from_slice(&csum.to_le_bytes());
+        f.write_all_at(&b, SB_OFFSET).expect("write superblock");
+        f.sync_all().expect("sync member image");
+    }
+}
+
+/// Every slot of `paths` (slot order) with its data area at byte `data_offset`.
+pub fn member_map(paths: &[PathBuf], data_offset: u64) -> MemberMap {
+    paths.iter().map(|p| Some((p.clone(), data_offset))).collect()
+}
