@@ -169,7 +169,16 @@ pub fn run(dir: &Path, json: bool) -> CmdResult {
     } else {
         "active".to_string()
     };
-    let st = if degraded == 0 { "" } else { ", degraded" };
+    // md marks an array that lost more members than it tolerates broken:
+    // it takes no writes (mdadm: FAILED).
+    let broken = array_state == "broken";
+    let arrayst = if broken { "broken".to_string() } else { arrayst };
+    let st = match (degraded == 0, broken) {
+        (true, false) => "",
+        (false, false) => ", degraded",
+        (true, true) => ", FAILED",
+        (false, true) => ", degraded, FAILED",
+    };
     let syncing = sync.as_ref().map_or("", |s| s.state);
     // mdadm prints a trailing space after the state.
     text.push_str(&format!("{:>18} : {arrayst}{st}{syncing} \n", "State"));

@@ -332,6 +332,8 @@ impl ArrayInfo {
             "inactive" | "clear" => "inactive",
             "readonly" => "active (read-only)",
             "read-auto" => "active (auto-read-only)",
+            // Lost more members than the level tolerates: no writes.
+            "broken" => "active (broken, FAILED)",
             _ => "active",
         });
         if self.active() && !self.level.is_empty() {

@@ -19,6 +19,9 @@
 //!   the manager gives it the empty slot and writes its superblock, md
 //!   recovers it while writes go on; then `check` finds 0 mismatches, the
 //!   superblocks agree and the array assembles whole.
+//! * Two members failing at once on a raid5: the write fails with EIO, the
+//!   array is `broken` (FAILED in `umd detail` and `umd status`), writes
+//!   are refused, reads still answer.
 //! * Bad input changes nothing: failing a member the array cannot lose,
 //!   removing a member in service, naming something that is no member,
 //!   adding a file too small, a member, or to a read-only array.
@@ -548,4 +551,48 @@ fn write_errors_during_a_burst_every_level() {
         assert!(sb_block(&victim) == victim_sb, "{tag}: the failed member's superblock was written");
         a.stop();
     }
+}
+
+/// Two members of a raid5 fail their writes at once: the first is failed
+/// and recorded, the second cannot be (the array would lose data), so the
+/// write fails with EIO, `array_state` says `broken`, `umd detail` and
+/// `umd status` say FAILED, later writes fail too, and reads still answer
+/// every byte right (the kept member still reads).
+#[test]
+fn failures_beyond_redundancy_break_the_array() {
+    let s = Scratch::new("broken");
+    let all = members(&s, 4);
+    create(&RAID5, &all);
+    let (a2, a3) = (all[2].to_string_lossy().into_owned(), all[3].to_string_lossy().into_owned());
+    let spec = "disarmed,write:fail";
+    let (a, _) = Served::assemble_hooks(
+        &s.path("mnt"),
+        &all,
+        &["--member-faults", &a2, spec, "--member-faults", &a3, spec],
+        true,
+    );
+    let size = data_file(&a.dir).metadata().expect("stat data").len() as usize;
+    let mut model = vec![0u8; size];
+    data_file(&a.dir).read_exact_at(&mut model, 0).expect("read initial content");
+    let mut rng = Rng::new(99);
+    random_writes(&data_file(&a.dir), &mut model, &mut rng, 20, 100_000);
+    write_attr(&a.dir.join("umd-test-hook"), "faults arm");
+    // A whole row: both failing members are written.
+    let e = data_file(&a.dir).write_all_at(&rng.bytes(192 << 10), 0).expect_err("a write beyond redundancy");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    assert_eq!(std::fs::read_to_string(a.md("array_state")).expect("array_state").trim(), "broken");
+    let e = data_file(&a.dir).write_all_at(&[1; 4096], 1 << 20).expect_err("a write to a broken array");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    let detail = umd_ok(&[&"detail", &a.dir]);
+    assert!(detail.contains("broken") && detail.contains("FAILED"), "umd detail:\n{detail}");
+    let status = umd_ok(&[&"status"]);
+    let line =
+        status.lines().find(|l| l.starts_with(&*a.dir.to_string_lossy())).expect("our array in umd status");
+    assert!(line.contains("FAILED"), "umd status: {line}");
+    // Reads: everything outside the failed write's row reads as written.
+    let mut back = vec![0u8; size];
+    data_file(&a.dir).read_exact_at(&mut back, 0).expect("reads of a broken array");
+    let row = 192 << 10;
+    assert!(back[row..] == model[row..], "data outside the failed row");
+    a.stop();
 }
