@@ -65,7 +65,7 @@ pub fn run(name: &str, json: bool, quick: bool, full: bool, dir: Option<PathBuf>
 
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 
-fn is_tmpfs(p: &Path) -> bool {
+pub(crate) fn is_tmpfs(p: &Path) -> bool {
     let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else { return false };
     // SAFETY: statfs is plain data; the call fills it for a valid C path.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };

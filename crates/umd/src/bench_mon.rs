@@ -32,11 +32,11 @@ impl Drop for Bench {
     }
 }
 
-fn umd() -> Command {
+pub(crate) fn umd() -> Command {
     Command::new(std::env::current_exe().unwrap_or_else(|_| PathBuf::from("umd")))
 }
 
-fn check(cmd: &mut Command, what: &str) -> Result<String, CliError> {
+pub(crate) fn check(cmd: &mut Command, what: &str) -> Result<String, CliError> {
     let out = cmd.stdin(Stdio::null()).output().map_err(|e| CliError(format!("{what}: {e}")))?;
     if !out.status.success() {
         return Err(CliError(format!("{what}: {}", String::from_utf8_lossy(&out.stderr).trim())));

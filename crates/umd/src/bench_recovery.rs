@@ -34,10 +34,11 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::bench::{figure, percentile};
+use crate::bench::{figure, is_tmpfs, percentile};
+use crate::bench_mon::{check, umd};
 use crate::{CliError, CmdResult};
 
 /// Scratch directory and the mounts in it; on drop every mount is stopped
@@ -83,31 +84,8 @@ impl Drop for Scratch {
     }
 }
 
-fn umd() -> Command {
-    Command::new(std::env::current_exe().unwrap_or_else(|_| PathBuf::from("umd")))
-}
-
-fn check(cmd: &mut Command, what: &str) -> Result<String, CliError> {
-    let out = cmd.stdin(Stdio::null()).output().map_err(|e| CliError(format!("{what}: {e}")))?;
-    if !out.status.success() {
-        return Err(CliError(format!("{what}: {}", String::from_utf8_lossy(&out.stderr).trim())));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 fn err(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> CliError {
     move |e| CliError(format!("{what}: {e}"))
-}
-
-const TMPFS_MAGIC: i64 = 0x0102_1994;
-
-fn is_tmpfs(p: &Path) -> bool {
-    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else { return false };
-    // SAFETY: statfs is plain data; the call fills it for a valid C path.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is NUL-terminated and `st` is a valid out pointer.
-    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
-    rc == 0 && st.f_type as i64 == TMPFS_MAGIC
 }
 
 /// An attribute opened once and re-read from offset 0.

@@ -449,7 +449,7 @@ fn pid_file(dir: &Path) -> PathBuf {
 
 /// An absolute form of `dir` that does not touch the mount itself (a dead
 /// FUSE mount fails `stat` with ENOTCONN).
-fn absolute(dir: &Path) -> PathBuf {
+pub(crate) fn absolute(dir: &Path) -> PathBuf {
     match (dir.parent(), dir.file_name()) {
         (Some(parent), Some(name)) if !parent.as_os_str().is_empty() => {
             std::fs::canonicalize(parent).map(|p| p.join(name)).unwrap_or_else(|_| dir.to_path_buf())

@@ -27,6 +27,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::mount::absolute;
 use crate::progress::Progress;
 use crate::{CliError, CmdResult};
 
@@ -81,20 +82,6 @@ fn umd_mounts() -> Vec<Mounted> {
     }
     out.sort_by(|a, b| a.dir.cmp(&b.dir));
     out
-}
-
-/// An absolute form of `dir` that does not touch the mount itself (a dead
-/// FUSE mount fails `stat` with ENOTCONN).
-fn absolute(dir: &Path) -> PathBuf {
-    match (dir.parent(), dir.file_name()) {
-        (Some(parent), Some(name)) if !parent.as_os_str().is_empty() => {
-            std::fs::canonicalize(parent).map(|p| p.join(name)).unwrap_or_else(|_| dir.to_path_buf())
-        }
-        (_, Some(name)) => {
-            std::env::current_dir().map(|c| c.join(name)).unwrap_or_else(|_| dir.to_path_buf())
-        }
-        _ => std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()),
-    }
 }
 
 /// Whether a umd array is mounted at `dir` (absolute).

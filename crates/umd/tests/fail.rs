@@ -120,26 +120,33 @@ fn umd_err(args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Every redundant level: md's level, members, extra `umd create` options.
+const LEVELS: [(&str, usize, &[&str]); 5] = [
+    ("1", 2, &[]),
+    ("4", 3, &["-c", "64"]),
+    ("5", 4, &["-c", "64"]),
+    ("6", 5, &["-c", "64"]),
+    ("10", 4, &["-c", "64"]),
+];
+
+/// A clean array of `level` on `n` image files of `size` in `s`.
+fn create_level(s: &Scratch, level: &str, n: usize, extra: &[&str], size: &str) -> Vec<PathBuf> {
+    let all = members(s, n);
+    let ns = n.to_string();
+    let mut args = vec!["-l", level, "-n", &ns];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["-z", size, "--assume-clean"]);
+    create(&args, &all);
+    all
+}
+
 /// `umd fail` of one member of every redundant level: recorded, removed,
 /// degraded with data intact, writable, assembled again without it.
 #[test]
 fn fail_by_hand_every_level() {
-    let levels: [(&str, usize, &[&str]); 5] = [
-        ("1", 2, &[]),
-        ("4", 3, &["-c", "64"]),
-        ("5", 4, &["-c", "64"]),
-        ("6", 5, &["-c", "64"]),
-        ("10", 4, &["-c", "64"]),
-    ];
-    for (level, n, extra) in levels {
+    for (level, n, extra) in LEVELS {
         let s = Scratch::new(&format!("fail-raid{level}"));
-        let all = members(&s, n);
-        let mut args = vec!["-l", level, "-n"];
-        let ns = n.to_string();
-        args.push(&ns);
-        args.extend_from_slice(extra);
-        args.extend_from_slice(&["-z", "4M", "--assume-clean"]);
-        create(&args, &all);
+        let all = create_level(&s, level, n, extra, "4M");
         let (a, _) = Served::assemble(&s.path("mnt"), &all, &[]);
         let tag = format!("raid{level}");
         let size = data_file(&a.dir).metadata().expect("stat data").len() as usize;
@@ -382,22 +389,9 @@ fn check(dir: &Path, what: &str) -> u64 {
 /// assembles from the members in service without the failed one.
 #[test]
 fn add_recovers_every_level() {
-    let levels: [(&str, usize, &[&str]); 5] = [
-        ("1", 2, &[]),
-        ("4", 3, &["-c", "64"]),
-        ("5", 4, &["-c", "64"]),
-        ("6", 5, &["-c", "64"]),
-        ("10", 4, &["-c", "64"]),
-    ];
-    for (level, n, extra) in levels {
+    for (level, n, extra) in LEVELS {
         let s = Scratch::new(&format!("add-raid{level}"));
-        let all = members(&s, n);
-        let mut args = vec!["-l", level, "-n"];
-        let ns = n.to_string();
-        args.push(&ns);
-        args.extend_from_slice(extra);
-        args.extend_from_slice(&["-z", "8M", "--assume-clean"]);
-        create(&args, &all);
+        let all = create_level(&s, level, n, extra, "8M");
         let tag = format!("raid{level}");
         let (a, _) = Served::assemble(&s.path("mnt"), &all, &[]);
         let size = data_file(&a.dir).metadata().expect("stat data").len() as usize;
@@ -500,22 +494,9 @@ fn add_bad_input() {
 /// `mdadm --examine`) and removed, and every byte reads back right.
 #[test]
 fn write_errors_during_a_burst_every_level() {
-    let levels: [(&str, usize, &[&str]); 5] = [
-        ("1", 2, &[]),
-        ("4", 3, &["-c", "64"]),
-        ("5", 4, &["-c", "64"]),
-        ("6", 5, &["-c", "64"]),
-        ("10", 4, &["-c", "64"]),
-    ];
-    for (level, n, extra) in levels {
+    for (level, n, extra) in LEVELS {
         let s = Scratch::new(&format!("burst-raid{level}"));
-        let all = members(&s, n);
-        let mut args = vec!["-l", level, "-n"];
-        let ns = n.to_string();
-        args.push(&ns);
-        args.extend_from_slice(extra);
-        args.extend_from_slice(&["-z", "4M", "--assume-clean"]);
-        create(&args, &all);
+        let all = create_level(&s, level, n, extra, "4M");
         let tag = format!("raid{level}");
         let victim = all[n - 1].clone();
         let victim_arg = victim.to_string_lossy().into_owned();
