@@ -411,13 +411,7 @@ fn bitmap_pass(array: &Array, force: bool) {
 /// `recovery_offset` of the members it rebuilds (rounded down to a step),
 /// a check or repair at 0.
 fn span(array: &Array, action: SyncAction) -> (u64, u64) {
-    let (unit, total) = match array.personality.parity_shape() {
-        Some(shape) => {
-            let unit = shape.chunk_bytes / 512;
-            (unit, shape.stripes * unit)
-        }
-        None => (MIRROR_WINDOW / 512, array.size() / 512),
-    };
+    let (unit, total) = (sync_unit(array), array.sync_size());
     let from = match action {
         SyncAction::Resync => array.sync_ctl().resync_cp(),
         SyncAction::Recover => array
@@ -430,6 +424,12 @@ fn span(array: &Array, action: SyncAction) -> (u64, u64) {
         _ => 0,
     };
     ((from / unit * unit).min(total), total)
+}
+
+/// Sync units (sectors) one step covers: a stripe row's chunk for parity
+/// levels, a write window for mirrors.
+fn sync_unit(array: &Array) -> u64 {
+    array.personality.parity_shape().map_or(MIRROR_WINDOW / 512, |shape| shape.chunk_bytes / 512)
 }
 
 fn sync_thread(array: &Array) {
@@ -694,17 +694,10 @@ fn sync_mirrors(array: &Array, r: &mut Run<'_>, from: u64) -> io::Result<bool> {
 fn recover(array: &Array, targets: &[usize]) -> io::Result<()> {
     let ctl = array.sync_ctl();
     let parity = array.personality.parity_shape();
-    let (unit, total) = match &parity {
-        Some(shape) => {
-            let unit = shape.chunk_bytes / 512;
-            (unit, shape.stripes * unit)
-        }
-        None => (MIRROR_WINDOW / 512, array.size() / 512),
-    };
+    let unit = sync_unit(array);
+    let (first, total) = span(array, SyncAction::Recover);
     let members: Vec<&crate::array::SlotMember> =
         targets.iter().filter_map(|&s| array.slots.get(s)).collect();
-    let from = members.iter().map(|m| m.recovery_offset.load(Ordering::Acquire)).min().unwrap_or(0);
-    let first = (from / unit * unit).min(total);
     ctl.total.store(total, Ordering::Release);
     ctl.done.store(first, Ordering::Release);
     let now = Instant::now();
