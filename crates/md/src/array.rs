@@ -708,6 +708,24 @@ impl Array {
         f()
     }
 
+    /// Runs `f` holding every write window of array bytes `[offset, offset
+    /// + len)` exclusively (in lock order, each once): a mirror read's
+    /// repair. Writers hold theirs shared in the same order.
+    ///
+    /// Called under: no lock.
+    fn with_mirror_windows<R>(&self, offset: u64, len: usize, f: impl FnOnce() -> R) -> R {
+        let w = self.writer();
+        let win = crate::sync::MIRROR_WINDOW;
+        let (first, last) = (offset / win, (offset + len.max(1) as u64 - 1) / win);
+        let mut idx: Vec<usize> =
+            (first..=last.min(first + WINDOW_LOCKS as u64 - 1)).map(|k| k as usize % WINDOW_LOCKS).collect();
+        idx.sort_unstable();
+        idx.dedup();
+        let _held: Vec<_> =
+            idx.iter().map(|&i| w.windows[i].write().unwrap_or_else(|p| p.into_inner())).collect();
+        f()
+    }
+
     /// The member-failure state (shared with the attribute tree).
     pub fn health(&self) -> &Arc<Health> {
         &self.health
@@ -803,6 +821,15 @@ impl Array {
                 for f in &failures {
                     repair.note(&mut tally, f.slot);
                 }
+            } else if writable {
+                // Read again under the range's write windows, held
+                // exclusively, and repair from that read: a write of the
+                // range cannot land between the read and the rewrite.
+                self.with_mirror_windows(offset, buf.len(), || -> io::Result<()> {
+                    let failures = repair.read_recovering(offset, buf, failures)?;
+                    repair.repair_mirrors(offset, buf, &failures, &mut tally);
+                    Ok(())
+                })?;
             } else {
                 repair.repair_mirrors(offset, buf, &failures, &mut tally);
             }

@@ -63,12 +63,11 @@
 //! leaf mutex taken only when a member read fails. The caller holds, for a
 //! writable raid4/5/6 array, the row's stripe lock across
 //! `Repair::read_recovering` and `Repair::repair_row`, so no write of
-//! the row can interleave with the read and the rewrite. Mirror repairs
-//! run under no lock: md freezes the array for `fix_read_error`, umd's
-//! mirror write path takes no lock a reader could share, so a write of the
-//! same range racing the repair may find its new bytes overwritten on the
-//! repaired copy by the older ones just read (a window of one member
-//! write).
+//! the row can interleave with the read and the rewrite. For a writable
+//! raid1/10 array the caller reads the range again holding its write
+//! windows exclusively (mirror writes hold theirs shared) and repairs from
+//! that read, so a write of the range cannot land between the read and
+//! the rewrite (md freezes the array for `fix_read_error`).
 
 use std::io;
 use std::sync::atomic::Ordering;
