@@ -708,8 +708,8 @@ impl Array {
         f()
     }
 
-    /// Runs `f` holding every write window of array bytes `[offset, offset
-    /// + len)` exclusively (in lock order, each once): a mirror read's
+    /// Runs `f` holding exclusively every write window of the array bytes
+    /// from `offset` for `len` (in lock order, each once): a mirror read's
     /// repair. Writers hold theirs shared in the same order.
     ///
     /// Called under: no lock.
