@@ -790,7 +790,20 @@ fn recover_parity(
                     m.dev.advise_willneed(m.data_start + next.0, next.1);
                 }
             }
+            if !shape.raid6 && targets.len() == 1 && sources.len() + 1 == n {
+                // raid4/5, one member missing: every row's blocks XOR to
+                // zero at the same member offset, so the missing member's
+                // part of the whole batch is the XOR of the others' parts.
+                let t = targets[0];
+                let mut out = std::mem::take(&mut bufs[t]);
+                let srcs: Vec<&[u8]> = sources.iter().map(|&s| &bufs[s][..rows * chunk]).collect();
+                crate::personality::gf::xor_blocks(&mut out[..rows * chunk], &srcs);
+                bufs[t] = out;
+            }
             for row in r0..r1 {
+                if !shape.raid6 && targets.len() == 1 && sources.len() + 1 == n {
+                    break;
+                }
                 if !array.personality.stripe_map(row, &mut map) {
                     break;
                 }
