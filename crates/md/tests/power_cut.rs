@@ -469,17 +469,7 @@ fn one_seed(cfg: &Config, template: Option<&Template>, seed: u64, totals: &mut T
     let before_assembly = seed.is_multiple_of(2);
 
     // Write phase: every member tracked.
-    let faults: Vec<Arc<Faults>> = (0..paths.len())
-        .map(|s| {
-            let f = Arc::new(Faults::new(seed.wrapping_mul(64) + s as u64));
-            f.track_writes(true);
-            f
-        })
-        .collect();
-    let opts = AssembleOptions {
-        faults: paths.iter().cloned().map(Some).zip(faults.iter().cloned()).collect(),
-        ..AssembleOptions::default()
-    };
+    let (faults, opts) = tracked(&paths, seed);
     if before_assembly {
         mark(0);
     }
@@ -889,17 +879,7 @@ fn raid5_bitmap_clear_after_data() {
     for seed in 0..20u64 {
         let what = format!("{} seed {seed}", cfg.name);
         let (_dir, paths, _model) = template.copy(&format!("{}-{seed}", cfg.name));
-        let faults: Vec<Arc<Faults>> = (0..paths.len())
-            .map(|s| {
-                let f = Arc::new(Faults::new(seed.wrapping_mul(64) + s as u64));
-                f.track_writes(true);
-                f
-            })
-            .collect();
-        let opts = AssembleOptions {
-            faults: paths.iter().cloned().map(Some).zip(faults.iter().cloned()).collect(),
-            ..AssembleOptions::default()
-        };
+        let (faults, opts) = tracked(&paths, seed);
         mark_resync_offset(&paths, 0);
         let array = Arc::new(
             assemble_writable(&paths, &opts).unwrap_or_else(|e| panic!("{what}: assemble: {e}")).array,
@@ -951,4 +931,21 @@ fn raid5_bitmap_clear_after_data() {
         }
     }
     assert!(failed.is_empty(), "a cleared bit reached the disk before its chunk's data: {failed:#?}");
+}
+
+/// One fault injector per member, seeded from `seed`, tracking writes (the
+/// undo log a power cut uses), and the assembly options that attach them.
+fn tracked(paths: &[std::path::PathBuf], seed: u64) -> (Vec<Arc<Faults>>, AssembleOptions) {
+    let faults: Vec<Arc<Faults>> = (0..paths.len())
+        .map(|s| {
+            let f = Arc::new(Faults::new(seed.wrapping_mul(64) + s as u64));
+            f.track_writes(true);
+            f
+        })
+        .collect();
+    let opts = AssembleOptions {
+        faults: paths.iter().cloned().map(Some).zip(faults.iter().cloned()).collect(),
+        ..AssembleOptions::default()
+    };
+    (faults, opts)
 }
