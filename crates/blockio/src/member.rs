@@ -146,7 +146,26 @@ impl Member {
     /// alignment, or a block device reports its logical block size);
     /// buffered otherwise (tmpfs). The alignment rules are discovered here.
     pub fn open_with(path: &Path, opts: &MemberOptions) -> io::Result<Member> {
-        let meta = std::fs::metadata(path).map_err(|e| annotate(path, e))?;
+        Member::open_named(path, path, opts)
+    }
+
+    /// A second, independent open of this member's file (the same inode,
+    /// through `/proc/self/fd`, whatever its path names now) with other
+    /// options: a reader that wants `O_DIRECT` beside a buffered member
+    /// (md's sync thread streaming reads past the page cache). Its own
+    /// persistent I/O descriptor; the path shown is this member's. The
+    /// kernel keeps the two coherent the way it keeps direct and buffered
+    /// I/O on one file coherent: a direct read first writes back the
+    /// range's dirty cached pages.
+    pub fn reopen(&self, opts: &MemberOptions) -> io::Result<Member> {
+        let fd_path = PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()));
+        Member::open_named(&self.path, &fd_path, opts)
+    }
+
+    /// [`open_with`](Self::open_with) opening `open_path`, naming `path`
+    /// in errors and [`path`](Self::path).
+    fn open_named(path: &Path, open_path: &Path, opts: &MemberOptions) -> io::Result<Member> {
+        let meta = std::fs::metadata(open_path).map_err(|e| annotate(path, e))?;
         let ft = meta.file_type();
         let kind = if ft.is_file() {
             Kind::File
@@ -168,7 +187,7 @@ impl Member {
                 .read(true)
                 .write(opts.access == Access::ReadWrite)
                 .custom_flags(libc::O_CLOEXEC | if direct { libc::O_DIRECT } else { 0 })
-                .open(path)
+                .open(open_path)
         };
         let mut chosen = None;
         if opts.direct != Direct::Never {
@@ -431,6 +450,49 @@ mod tests {
         let dir = scratch("dir");
         let e = Member::open(&dir, Access::ReadOnly).unwrap_err();
         assert!(e.to_string().contains("is a directory"), "{e}");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn reopen_reads_the_same_inode_with_the_same_faults() {
+        let dir = std::env::current_dir()
+            .expect("cwd")
+            .join(format!("target/blockio-reopen-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let p = dir.join("m.img");
+        std::fs::write(&p, (0..=255u8).cycle().take(64 << 10).collect::<Vec<_>>()).expect("write");
+        let faults = Arc::new(Faults::parse("read:fail@8").expect("spec"));
+        let m = Member::open_with(
+            &p,
+            &MemberOptions { access: Access::ReadWrite, direct: Direct::Never, faults: Some(faults.clone()) },
+        )
+        .expect("open");
+        // The path is renamed: the reopen still finds the open inode.
+        let moved = dir.join("moved.img");
+        std::fs::rename(&p, &moved).expect("rename");
+        let r = m
+            .reopen(&MemberOptions {
+                access: Access::ReadOnly,
+                direct: Direct::Never,
+                faults: m.faults().cloned(),
+            })
+            .expect("reopen");
+        assert_eq!(r.path(), p.as_path(), "shown under the member's own path");
+        assert_eq!(r.size(), m.size());
+        assert_eq!(r.access(), Access::ReadOnly);
+        let mut buf = [0u8; 4];
+        r.read_exact_at(&mut buf, 510).expect("read");
+        assert_eq!(buf, [254, 255, 0, 1]);
+        // A write through the first open is seen through the second.
+        m.write_all_at(&[9, 9, 9, 9], 510).expect("write");
+        r.read_exact_at(&mut buf, 510).expect("read");
+        assert_eq!(buf, [9, 9, 9, 9]);
+        // The fault injector came along.
+        assert!(r.read_exact_at(&mut buf, 8 * 512).is_err());
+        assert!(Arc::ptr_eq(r.faults().expect("faults"), &faults));
+        // O_DIRECT where the filesystem does it (the reason to reopen).
+        let d = m.reopen(&MemberOptions { direct: Direct::Auto, ..Default::default() }).expect("reopen");
+        assert_eq!(d.size(), m.size());
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 }

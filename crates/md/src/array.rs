@@ -562,9 +562,19 @@ pub fn spare_from_path(
     template: &Superblock,
     bitmap: Option<&crate::bitmap::Bitmap>,
 ) -> Result<SlotMember, i32> {
+    spare_with_faults(path, template, bitmap, None)
+}
+
+/// [`spare_from_path`], the member's I/O going through `faults` (tests).
+pub fn spare_with_faults(
+    path: &std::path::Path,
+    template: &Superblock,
+    bitmap: Option<&crate::bitmap::Bitmap>,
+    faults: Option<Arc<blockio::fault::Faults>>,
+) -> Result<SlotMember, i32> {
     let dev = Member::open_with(
         path,
-        &blockio::MemberOptions { access: Access::ReadWrite, direct: blockio::Direct::Never, faults: None },
+        &blockio::MemberOptions { access: Access::ReadWrite, direct: blockio::Direct::Never, faults },
     )
     .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
     let sectors = dev.size() / 512;

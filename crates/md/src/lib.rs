@@ -38,6 +38,7 @@
 //! * [`fanout`]: member writes of one array write, in parallel.
 //! * [`bitmap`]: md's internal write-intent bitmap (format, set before writes, lazy clearing).
 //! * [`sync`]: md's sync thread: resync, check, repair (`sync_action`).
+//! * [`sync_io`]: the sync thread's member I/O: batches read ahead, rebuilt bytes written, O_DIRECT.
 //! * [`state`]: md's `array_state` machine and the write-pending/active/clean
 //!   handshake with an external metadata manager.
 
@@ -53,6 +54,7 @@ pub mod state;
 pub mod stripe;
 pub mod superblock;
 pub mod sync;
+pub mod sync_io;
 pub mod synth;
 pub mod sysfs;
 

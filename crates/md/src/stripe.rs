@@ -43,7 +43,15 @@
 //! this obeys `pagecache`'s rule that a thread holding a folio lock never
 //! waits for another) → the [`WritePool`]'s leaf queue lock. Two writes to
 //! one row are therefore serialised, as md's `STRIPE_ACTIVE` serialises
-//! them; writes to different rows proceed in parallel.
+//! them; writes to different rows proceed in parallel. The sync thread
+//! alone holds several stripe locks at once (a batch of rows, taken in
+//! lock order); every other holder holds one and never waits for the
+//! sync thread, so this cannot deadlock.
+//!
+//! Each stripe lock has a **write generation**, bumped under the lock when
+//! a rewrite of a row's member bytes completes (or fails): the sync thread
+//! reads rows ahead of their locks and compares generations under them
+//! ([`StripeCache::rows_gen`], `md::sync_io`).
 //!
 //! ## Allocation
 //! Per row written: the job and folio lists, and (first use on a thread)
@@ -232,7 +240,26 @@ pub struct StripeCache {
     mapping: Arc<AddressSpace>,
     _cache: PageCache,
     locks: Box<[Mutex<()>]>,
+    /// Per stripe lock: how many times a row hashed to it had member bytes
+    /// rewritten (bumped under the lock, when the rewrite is complete).
+    /// The sync thread reads ahead of its locks and checks these to know
+    /// whether what it read is still what the members hold.
+    gens: Box<[AtomicU64]>,
     stats: StripeStats,
+}
+
+/// A row's stripe lock held by a writer: the row's write generation is
+/// bumped when it is let go (the member writes done or failed), before the
+/// lock itself is released.
+struct WriteLock<'a> {
+    gen: &'a AtomicU64,
+    _row: std::sync::MutexGuard<'a, ()>,
+}
+
+impl Drop for WriteLock<'_> {
+    fn drop(&mut self) {
+        self.gen.fetch_add(1, Ordering::Release);
+    }
 }
 
 impl std::fmt::Debug for StripeCache {
@@ -260,6 +287,7 @@ impl StripeCache {
             mapping,
             _cache: cache,
             locks: (0..STRIPE_LOCKS).map(|_| Mutex::new(())).collect(),
+            gens: (0..STRIPE_LOCKS).map(|_| AtomicU64::new(0)).collect(),
             stats: StripeStats::default(),
         })
     }
@@ -311,8 +339,7 @@ impl StripeCache {
                     format!("stripe row {stripe} is past the end of the array"),
                 ));
             }
-            let _row =
-                self.locks[(stripe % STRIPE_LOCKS as u64) as usize].lock().unwrap_or_else(|p| p.into_inner());
+            let _row = self.lock_for_write(stripe);
             let degraded = (0..self.shape.raid_disks).any(|s| !ctx.slots.is_present(s));
             if full {
                 self.full_row(ctx, stripe, &map, &pieces, data)?;
@@ -376,12 +403,38 @@ impl StripeCache {
     }
 
     /// Drops what the cache holds of row `stripe`'s chunk columns
-    /// `[lo, hi)` on every member (a member was rewritten underneath).
+    /// `[lo, hi)` on every member (a member was rewritten underneath), and
+    /// bumps the row's write generation ([`Self::rows_gen`]).
     ///
     /// Called under: the row's stripe lock (inside [`Self::with_row`]), no
     /// folio lock.
     pub(crate) fn forget_columns(&self, stripe: u64, lo: u64, hi: u64) {
         self.forget(stripe, lo, hi);
+        self.gens[(stripe % STRIPE_LOCKS as u64) as usize].fetch_add(1, Ordering::Release);
+    }
+
+    /// Row `stripe`'s stripe lock, for a writer of its member bytes.
+    fn lock_for_write(&self, stripe: u64) -> WriteLock<'_> {
+        let i = (stripe % STRIPE_LOCKS as u64) as usize;
+        WriteLock { gen: &self.gens[i], _row: self.locks[i].lock().unwrap_or_else(|p| p.into_inner()) }
+    }
+
+    /// The write generation of rows `rows`: a number that changes whenever
+    /// a write of any of their member bytes completes (every rewrite of a
+    /// row's member bytes ends under the row's stripe lock by bumping the
+    /// counter of that lock; this sums those counters, one per row).
+    ///
+    /// The sync thread reads rows ahead of holding their locks: it takes
+    /// the generation before its reads are issued and again under the
+    /// locks; equal, no write completed or was in progress in between
+    /// (one in progress at the first look bumps before it unlocks), so the
+    /// bytes read are the members' current ones. Different rows sharing a
+    /// lock can only make it re-read needlessly.
+    ///
+    /// Called under: any lock, or none.
+    pub(crate) fn rows_gen(&self, rows: std::ops::Range<u64>) -> u64 {
+        rows.map(|r| self.gens[(r % STRIPE_LOCKS as u64) as usize].load(Ordering::Acquire))
+            .fold(0u64, u64::wrapping_add)
     }
 
     /// The cache index of `slot`'s member byte `offset`.

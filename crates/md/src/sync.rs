@@ -41,6 +41,7 @@
 //! The thread allocates its row buffers once per run; a step makes only
 //! small vectors (the row's column list, a mirror window's pieces).
 
+use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
@@ -50,6 +51,7 @@ use std::time::{Duration, Instant};
 use crate::array::Array;
 use crate::personality::{MemberRead, StripeMap};
 use crate::superblock::MAX_SECTOR;
+use crate::sync_io::{self, Batch, SyncIo};
 
 /// md's `speed_limit_min` default (KiB/s).
 pub const SPEED_MIN_DEFAULT: u32 = 1000;
@@ -133,6 +135,9 @@ pub struct SyncCtl {
     /// Sync units actually processed by the last run (a resync with a
     /// bitmap skips clean chunks).
     synced: AtomicU64,
+    /// Batches read again because their rows were written while they were
+    /// read ahead (see [`crate::sync_io`]), since the thread started.
+    rereads: AtomicU64,
     resync_cp: AtomicU64,
     speed_min: AtomicU32,
     speed_max: AtomicU32,
@@ -167,6 +172,7 @@ impl SyncCtl {
             total: AtomicU64::new(0),
             mismatches: AtomicU64::new(0),
             synced: AtomicU64::new(0),
+            rereads: AtomicU64::new(0),
             resync_cp: AtomicU64::new(resync_offset),
             speed_min: AtomicU32::new(0),
             speed_max: AtomicU32::new(0),
@@ -222,6 +228,12 @@ impl SyncCtl {
     /// resync skips chunks whose bit is clear.
     pub fn synced_units(&self) -> u64 {
         self.synced.load(Ordering::Acquire)
+    }
+
+    /// Batches the sync thread read again since it started: their rows
+    /// were written while their reads were in flight (tests, statistics).
+    pub fn rereads(&self) -> u64 {
+        self.rereads.load(Ordering::Acquire)
     }
 
     /// `mismatch_cnt`: sectors found differing by the last check/repair.
@@ -438,19 +450,41 @@ fn sync_thread(array: &Array) {
         ctl.fire(Changed::Action);
         ctl.fire(Changed::Completed);
         let r = run(array, action);
-        if let Err(e) = r {
-            eprintln!("umd: {} of the array stopped: {e}", action.word());
-        }
         ctl.running.store(0, Ordering::Release);
         ctl.fire(Changed::Action);
         ctl.fire(Changed::Completed);
+        if let Err(e) = r {
+            eprintln!("umd: {} of the array stopped: {e}", action.word());
+            // What stopped it may stop the next try too (a member failed
+            // is seen at once; anything else is retried after a pause,
+            // not in a loop).
+            let g = lock(&ctl.ctl);
+            if !g.shutdown && g.request.is_none() {
+                drop(ctl.cv.wait_timeout(g, Duration::from_secs(1)));
+            }
+        }
     }
 }
 
 /// Progress, checkpoints and speed limits of one run.
+///
+/// Checkpoints are durable: the member bytes a run rewrote before a
+/// checkpoint are flushed (`fdatasync`) before the checkpoint is shown
+/// (`resync_start`, `dev-*/recovery_start`) for the metadata manager to
+/// record. md's rewrites go to the device and complete there before its
+/// superblock write (a flush with FUA) records progress; umd's member
+/// writes complete in the kernel's page cache, so without the flush a
+/// power cut could leave a superblock saying "rebuilt up to here" over
+/// bytes that never reached the disk.
 struct Run<'a> {
+    array: &'a Array,
     ctl: &'a SyncCtl,
     action: SyncAction,
+    /// Slots flushed before a checkpoint is shown.
+    durable: Vec<usize>,
+    /// Recovery: the members being rebuilt (their `recovery_offset` is
+    /// the checkpoint).
+    targets: Vec<usize>,
     start: Instant,
     /// Units (sectors) done when the run started (a resumed resync).
     first: u64,
@@ -460,10 +494,64 @@ struct Run<'a> {
     mark: (Instant, u64),
 }
 
-impl Run<'_> {
+impl<'a> Run<'a> {
+    fn new(array: &'a Array, action: SyncAction, first: u64, total: u64, targets: &[usize]) -> Run<'a> {
+        let now = Instant::now();
+        let durable = match action {
+            SyncAction::Recover => targets.to_vec(),
+            SyncAction::Resync | SyncAction::Repair => (0..array.slots.len()).collect(),
+            _ => Vec::new(),
+        };
+        Run {
+            array,
+            ctl: array.sync_ctl(),
+            action,
+            durable,
+            targets: targets.to_vec(),
+            start: now,
+            first,
+            total,
+            last_cp: first,
+            last_cp_at: now,
+            mark: (now, first),
+        }
+    }
+
+    /// Flushes every member this run rewrites (that still takes writes).
+    /// A member whose flush fails is failed.
+    fn make_durable(&self) -> io::Result<()> {
+        let slots = &self.array.slots;
+        for &s in &self.durable {
+            if let (true, Some(m)) = (slots.takes_writes(s), slots.get(s)) {
+                m.dev.flush().map_err(|e| member_error(self.array, s, e, true))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes everything before unit `done` durable, then shows `done` as
+    /// the run's checkpoint (resync: `resync_start`; recovery: the
+    /// rebuilt members' `recovery_offset`).
+    fn checkpoint(&self, done: u64) -> io::Result<()> {
+        match self.action {
+            SyncAction::Resync => {
+                self.make_durable()?;
+                self.ctl.set_cp(done);
+            }
+            SyncAction::Recover => {
+                self.make_durable()?;
+                for m in self.targets.iter().filter_map(|&t| self.array.slots.get(t)) {
+                    m.recovery_offset.store(done, Ordering::Release);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     /// After a step that ended at unit `done`: progress, checkpoint,
     /// throttle. Returns false if the run must stop.
-    fn stepped(&mut self, done: u64) -> bool {
+    fn stepped(&mut self, done: u64) -> io::Result<bool> {
         self.ctl.done.store(done, Ordering::Release);
         let now = Instant::now();
         // Speed over the last second or so.
@@ -477,14 +565,12 @@ impl Run<'_> {
         }
         let step = (self.total >> 4).max(1);
         if done >= self.last_cp + step || now.duration_since(self.last_cp_at) >= Duration::from_secs(2) {
-            if self.action == SyncAction::Resync {
-                self.ctl.set_cp(done);
-            }
+            self.checkpoint(done)?;
             self.last_cp = done;
             self.last_cp_at = now;
             self.ctl.fire(Changed::Completed);
         }
-        self.throttle(done)
+        Ok(self.throttle(done))
     }
 
     /// md's speed limits: never above `sync_speed_max`; above
@@ -529,9 +615,7 @@ fn run(array: &Array, action: SyncAction) -> io::Result<()> {
     // Where `next_action` showed it starting (the checkpoint moves only
     // here).
     let (first, total) = span(array, action);
-    let now = Instant::now();
-    let mut r =
-        Run { ctl, action, start: now, first, total, last_cp: first, last_cp_at: now, mark: (now, first) };
+    let mut r = Run::new(array, action, first, total, &[]);
     let finished = match &parity {
         Some(shape) => sync_parity(array, shape, &mut r, first / (shape.chunk_bytes / 512))?,
         None => sync_mirrors(array, &mut r, first)?,
@@ -539,13 +623,14 @@ fn run(array: &Array, action: SyncAction) -> io::Result<()> {
     if finished {
         ctl.done.store(total, Ordering::Release);
         if matches!(action, SyncAction::Resync | SyncAction::Repair) {
+            r.make_durable()?;
             ctl.set_cp(MAX_SECTOR);
             if let Some(bm) = array.bitmap() {
                 bm.synced(0, total);
             }
         }
     } else if action == SyncAction::Resync {
-        ctl.set_cp(ctl.done.load(Ordering::Acquire));
+        r.checkpoint(ctl.done.load(Ordering::Acquire))?;
     }
     ctl.fire(Changed::Completed);
     Ok(())
@@ -572,60 +657,66 @@ fn sync_parity(
 ) -> io::Result<bool> {
     let Some(stripes) = array.stripe_cache() else { return Ok(true) };
     let chunk = shape.chunk_bytes as usize;
-    let dd = shape.data_disks;
-    let mut data = vec![0u8; dd * chunk];
-    let mut old = vec![0u8; 2 * chunk];
     let mut new = vec![0u8; 2 * chunk];
     let mut map = StripeMap::default();
     let slots = &array.slots;
     let unit = shape.chunk_bytes / 512;
-    for row in from..shape.stripes {
-        if !array.personality.stripe_map(row, &mut map) {
-            break;
-        }
-        let base = row * shape.chunk_bytes;
-        if r.action == SyncAction::Resync
-            && array.bitmap().is_some_and(|bm| !bm.is_dirty(row * unit, (row + 1) * unit))
-        {
-            // The bitmap says no write was in flight here.
-            if !r.stepped((row + 1) * unit) {
-                return Ok(false);
-            }
-            continue;
-        }
-        r.ctl.synced.fetch_add(unit, Ordering::AcqRel);
-        let outcome: io::Result<()> = stripes.with_row(row, || {
-            for (k, col) in data.chunks_exact_mut(chunk).enumerate() {
-                let s = map.data[k];
-                MemberRead::read_at(&**slots, s, base, col).map_err(|e| member_error(array, s, e, false))?;
-            }
-            let (op, oq) = old.split_at_mut(chunk);
-            MemberRead::read_at(&**slots, map.p, base, op)
-                .map_err(|e| member_error(array, map.p, e, false))?;
-            if let Some(q) = map.q {
-                MemberRead::read_at(&**slots, q, base, oq).map_err(|e| member_error(array, q, e, false))?;
-            }
-            let (np, nq) = new.split_at_mut(chunk);
-            let cols: Vec<&[u8]> = data.chunks_exact(chunk).collect();
-            crate::stripe::gen_parity(shape, &map, &cols, np, nq);
-            let bad_p = differing_pages(op, np);
-            let bad_q = if map.q.is_some() { differing_pages(oq, nq) } else { 0 };
-            if matches!(r.action, SyncAction::Check | SyncAction::Repair) {
-                r.ctl.mismatches.fetch_add((bad_p + bad_q) * (PAGE as u64 / 512), Ordering::AcqRel);
-            }
-            if r.action != SyncAction::Check && bad_p + bad_q > 0 {
-                if bad_p > 0 {
-                    slots.write_at(map.p, base, np).map_err(|e| member_error(array, map.p, e, true))?;
+    let bitmap = array.bitmap().filter(|_| r.action == SyncAction::Resync);
+    let mut batch = batch_rows(chunk);
+    if let Some(bm) = bitmap {
+        // Batches inside one bitmap chunk: clean chunks are skipped whole.
+        batch = batch.min((bm.chunk_units() / unit).max(1));
+    }
+    // Every member read in batches of rows, read ahead (resync, check and
+    // repair run only with every member in sync).
+    let all: Vec<usize> = (0..slots.len()).collect();
+    let mut io = SyncIo::new(slots, &all, &[], batch as usize * chunk, sync_io::MAX_DEPTH)?;
+    let mut plan = Plan::new(from, shape.stripes, batch, shape.chunk_bytes);
+    while let Some((r0, r1, read)) = plan.next(&mut io, |r0, r1| {
+        // The bitmap says no write was in flight here: nothing to resync.
+        let clean = bitmap.is_some_and(|bm| !bm.is_dirty(r0 * unit, r1 * unit));
+        (!clean).then(|| stripes.rows_gen(r0..r1))
+    })? {
+        if let Some(mut b) = read {
+            r.ctl.synced.fetch_add((r1 - r0) * unit, Ordering::AcqRel);
+            let outcome: io::Result<()> = stripes.with_rows(r0..r1, || {
+                make_current(array, stripes, &mut b, r0..r1)?;
+                for row in r0..r1 {
+                    if !array.personality.stripe_map(row, &mut map) {
+                        break;
+                    }
+                    let i = (row - r0) as usize * chunk;
+                    let block = |slot: usize| b.part(slot).map(|p| &p[i..i + chunk]);
+                    let cols: Option<Vec<&[u8]>> = map.data.iter().map(|&s| block(s)).collect();
+                    let (Some(cols), Some(op)) = (cols, block(map.p)) else {
+                        return Err(io::Error::other("sync: a row's member was not read"));
+                    };
+                    let oq = map.q.and_then(block).unwrap_or(&[]);
+                    let (np, nq) = new.split_at_mut(chunk);
+                    crate::stripe::gen_parity(shape, &map, &cols, np, nq);
+                    let bad_p = differing_pages(op, np);
+                    let bad_q = if map.q.is_some() { differing_pages(oq, nq) } else { 0 };
+                    if matches!(r.action, SyncAction::Check | SyncAction::Repair) {
+                        r.ctl.mismatches.fetch_add((bad_p + bad_q) * (PAGE as u64 / 512), Ordering::AcqRel);
+                    }
+                    if r.action != SyncAction::Check && bad_p + bad_q > 0 {
+                        let base = row * shape.chunk_bytes;
+                        if bad_p > 0 {
+                            slots
+                                .write_at(map.p, base, np)
+                                .map_err(|e| member_error(array, map.p, e, true))?;
+                        }
+                        if let (Some(q), true) = (map.q, bad_q > 0) {
+                            slots.write_at(q, base, nq).map_err(|e| member_error(array, q, e, true))?;
+                        }
+                        stripes.forget_columns(row, 0, shape.chunk_bytes);
+                    }
                 }
-                if let (Some(q), true) = (map.q, bad_q > 0) {
-                    slots.write_at(q, base, nq).map_err(|e| member_error(array, q, e, true))?;
-                }
-                stripes.forget_columns(row, 0, shape.chunk_bytes);
-            }
-            Ok(())
-        });
-        outcome?;
-        if !r.stepped((row + 1) * unit) {
+                Ok(())
+            });
+            outcome?;
+        }
+        if !r.stepped(r1 * unit)? {
             return Ok(false);
         }
     }
@@ -646,7 +737,7 @@ fn sync_mirrors(array: &Array, r: &mut Run<'_>, from: u64) -> io::Result<bool> {
         let (u0, u1) = (off / 512, (off + len as u64).div_ceil(512));
         if r.action == SyncAction::Resync && array.bitmap().is_some_and(|bm| !bm.is_dirty(u0, u1)) {
             off += len as u64;
-            if !r.stepped(off.div_ceil(512)) {
+            if !r.stepped(off.div_ceil(512))? {
                 return Ok(false);
             }
             continue;
@@ -682,7 +773,7 @@ fn sync_mirrors(array: &Array, r: &mut Run<'_>, from: u64) -> io::Result<bool> {
         });
         outcome?;
         off += len as u64;
-        if !r.stepped(off.div_ceil(512)) {
+        if !r.stepped(off.div_ceil(512))? {
             return Ok(false);
         }
     }
@@ -696,35 +787,22 @@ fn recover(array: &Array, targets: &[usize]) -> io::Result<()> {
     let parity = array.personality.parity_shape();
     let unit = sync_unit(array);
     let (first, total) = span(array, SyncAction::Recover);
-    let members: Vec<&crate::array::SlotMember> =
-        targets.iter().filter_map(|&s| array.slots.get(s)).collect();
     ctl.total.store(total, Ordering::Release);
     ctl.done.store(first, Ordering::Release);
-    let now = Instant::now();
-    let mut r = Run {
-        ctl,
-        action: SyncAction::Recover,
-        start: now,
-        first,
-        total,
-        last_cp: first,
-        last_cp_at: now,
-        mark: (now, first),
-    };
-    let set_offset = |done: u64| {
-        for m in &members {
-            m.recovery_offset.store(done, Ordering::Release);
-        }
-    };
+    let mut r = Run::new(array, SyncAction::Recover, first, total, targets);
     let finished = match &parity {
-        Some(shape) => recover_parity(array, shape, targets, &mut r, first / unit, &set_offset)?,
-        None => recover_mirrors(array, targets, &mut r, first, &set_offset)?,
+        Some(shape) => recover_parity(array, shape, targets, &mut r, first / unit)?,
+        None => recover_mirrors(array, targets, &mut r, first)?,
     };
     if finished {
         ctl.done.store(total, Ordering::Release);
+        // In sync only once every rebuilt byte is on the member.
+        r.make_durable()?;
         for &s in targets {
             array.health().recovered(s);
         }
+    } else {
+        r.checkpoint(ctl.done.load(Ordering::Acquire))?;
     }
     ctl.fire(Changed::Completed);
     Ok(())
@@ -736,7 +814,6 @@ fn recover_parity(
     targets: &[usize],
     r: &mut Run<'_>,
     from: u64,
-    set_offset: &dyn Fn(u64),
 ) -> io::Result<bool> {
     let Some(stripes) = array.stripe_cache() else { return Ok(true) };
     let chunk = shape.chunk_bytes as usize;
@@ -745,110 +822,168 @@ fn recover_parity(
     let n = slots.len();
     let unit = shape.chunk_bytes / 512;
     let row_bytes = shape.stripe_bytes();
-    // Rows per batch: each member in service reads its part of the batch
-    // as one sequential read, all members in parallel.
-    let mut batch = (BATCH_BYTES / chunk).clamp(1, MAX_BATCH_ROWS) as u64;
+    let mut batch = batch_rows(chunk);
     if let Some(bm) = bitmap_only(array, targets) {
         // Batches no larger than a bitmap chunk: clean chunks are skipped
         // whole.
         batch = batch.min((bm.chunk_units() / unit).max(1));
     }
     let sources: Vec<usize> = (0..n).filter(|&s| slots.is_present(s)).collect();
-    let mut bufs: Vec<Vec<u8>> = (0..n)
-        .map(|s| {
-            if sources.contains(&s) || targets.contains(&s) {
-                vec![0u8; batch as usize * chunk]
-            } else {
-                Vec::new()
-            }
-        })
-        .collect();
+    // Every member in service reads its part of each batch as one
+    // sequential read, all members at once, batches read ahead; the
+    // rebuilt parts are written the same way.
+    let mut io = SyncIo::new(slots, &sources, targets, batch as usize * chunk, sync_io::MAX_DEPTH)?;
     let mut data = vec![0u8; dd * chunk];
     let mut parity = vec![0u8; 2 * chunk];
     let mut map = StripeMap::default();
-    let mut r0 = from;
-    while r0 < shape.stripes {
-        let r1 = (r0 + batch).min(shape.stripes);
+    let xor_only = !shape.raid6 && targets.len() == 1 && sources.len() + 1 == n;
+    let mut plan = Plan::new(from, shape.stripes, batch, shape.chunk_bytes);
+    while let Some((r0, r1, dirty)) = plan.next(&mut io, |r0, r1| {
+        let clean = bitmap_only(array, targets).is_some_and(|bm| !bm.is_dirty(r0 * unit, r1 * unit));
+        (!clean).then(|| stripes.rows_gen(r0..r1))
+    })? {
         let rows = (r1 - r0) as usize;
-        if bitmap_only(array, targets).is_some_and(|bm| !bm.is_dirty(r0 * unit, r1 * unit)) {
-            // A re-added member missed no write here (the bitmap says).
-            set_offset(r1 * unit);
-            if !r.stepped(r1 * unit) {
-                return Ok(false);
-            }
-            r0 = r1;
-            continue;
+        if let Some(mut b) = dirty {
+            r.ctl.synced.fetch_add((r1 - r0) * unit, Ordering::AcqRel);
+            let outcome: io::Result<()> = stripes.with_rows(r0..r1, || {
+                make_current(array, stripes, &mut b, r0..r1)?;
+                let len = rows * chunk;
+                if xor_only {
+                    // raid4/5, one member missing: every row's blocks XOR
+                    // to zero at the same member offset, so the missing
+                    // member's part of the whole batch is the XOR of the
+                    // others' parts.
+                    let srcs: Vec<&[u8]> = sources.iter().filter_map(|&s| b.part(s)).collect();
+                    let out = io.out(targets[0]).ok_or_else(|| io::Error::other("no output buffer"))?;
+                    crate::personality::gf::xor_blocks(&mut out[..len], &srcs);
+                } else {
+                    let parts: Vec<Option<&[u8]>> = (0..n).map(|s| b.part(s)).collect();
+                    let view = BatchView { parts: &parts, first: b.at };
+                    for row in r0..r1 {
+                        if !array.personality.stripe_map(row, &mut map) {
+                            break;
+                        }
+                        let i = (row - r0) as usize;
+                        // The row's data from the parts read, the members
+                        // being recovered rebuilt (they are not read).
+                        array.personality.read(&view, row * row_bytes, &mut data)?;
+                        let (p, q) = parity.split_at_mut(chunk);
+                        let cols: Vec<&[u8]> = data.chunks_exact(chunk).collect();
+                        crate::stripe::gen_parity(shape, &map, &cols, p, q);
+                        for &t in targets {
+                            let block: &[u8] = if t == map.p {
+                                p
+                            } else if map.q == Some(t) {
+                                q
+                            } else if let Some(k) = map.data.iter().position(|&s| s == t) {
+                                cols[k]
+                            } else {
+                                continue;
+                            };
+                            let out = io.out(t).ok_or_else(|| io::Error::other("no output buffer"))?;
+                            out[i * chunk..(i + 1) * chunk].copy_from_slice(block);
+                        }
+                    }
+                }
+                let live: Vec<usize> = targets.iter().copied().filter(|&t| slots.takes_writes(t)).collect();
+                for (&t, res) in live.iter().zip(io.write_out(&live, b.at, len)?) {
+                    res.map_err(|errno| member_error(array, t, io::Error::from_raw_os_error(errno), true))?;
+                }
+                for row in r0..r1 {
+                    stripes.forget_columns(row, 0, shape.chunk_bytes);
+                }
+                Ok(())
+            });
+            outcome?;
         }
-        r.ctl.synced.fetch_add((r1 - r0) * unit, Ordering::AcqRel);
-        let outcome: io::Result<()> = stripes.with_rows(r0..r1, || {
-            read_batch(array, &sources, r0 * shape.chunk_bytes, rows * chunk, &mut bufs)?;
-            // The next batch is read from the disks while this one is
-            // rebuilt and written.
-            let next = (r1 * shape.chunk_bytes, (r1 - r0).min(shape.stripes - r1) * shape.chunk_bytes);
-            for &src in &sources {
-                if let Some(m) = slots.get(src) {
-                    m.dev.advise_willneed(m.data_start + next.0, next.1);
-                }
-            }
-            if !shape.raid6 && targets.len() == 1 && sources.len() + 1 == n {
-                // raid4/5, one member missing: every row's blocks XOR to
-                // zero at the same member offset, so the missing member's
-                // part of the whole batch is the XOR of the others' parts.
-                let t = targets[0];
-                let mut out = std::mem::take(&mut bufs[t]);
-                let srcs: Vec<&[u8]> = sources.iter().map(|&s| &bufs[s][..rows * chunk]).collect();
-                crate::personality::gf::xor_blocks(&mut out[..rows * chunk], &srcs);
-                bufs[t] = out;
-            }
-            for row in r0..r1 {
-                if !shape.raid6 && targets.len() == 1 && sources.len() + 1 == n {
-                    break;
-                }
-                if !array.personality.stripe_map(row, &mut map) {
-                    break;
-                }
-                let i = (row - r0) as usize;
-                // The row's data from the buffers, the members being
-                // recovered rebuilt (they are not read).
-                let view = BatchView { bufs: &bufs, first: r0 * shape.chunk_bytes, present: &sources };
-                array.personality.read(&view, row * row_bytes, &mut data)?;
-                let (p, q) = parity.split_at_mut(chunk);
-                let cols: Vec<&[u8]> = data.chunks_exact(chunk).collect();
-                crate::stripe::gen_parity(shape, &map, &cols, p, q);
-                for &t in targets {
-                    let block: &[u8] = if t == map.p {
-                        p
-                    } else if map.q == Some(t) {
-                        q
-                    } else if let Some(k) = map.data.iter().position(|&s| s == t) {
-                        cols[k]
-                    } else {
-                        continue;
-                    };
-                    bufs[t][i * chunk..(i + 1) * chunk].copy_from_slice(block);
-                }
-            }
-            for &t in targets {
-                if slots.takes_writes(t) {
-                    slots
-                        .write_at(t, r0 * shape.chunk_bytes, &bufs[t][..rows * chunk])
-                        .map_err(|e| member_error(array, t, e, true))?;
-                }
-            }
-            for row in r0..r1 {
-                stripes.forget_columns(row, 0, shape.chunk_bytes);
-            }
-            Ok(())
-        });
-        outcome?;
-        set_offset(r1 * unit);
-        if !r.stepped(r1 * unit) {
+        if !r.stepped(r1 * unit)? {
             return Ok(false);
         }
-        r0 = r1;
     }
     Ok(true)
 }
+
+/// Makes batch `b` of rows `rows` what the members hold now: read again
+/// if a write of those rows completed (or was under way) since its reads
+/// were issued. A member read that failed fails the member.
+///
+/// Called under: the stripe locks of `rows`.
+fn make_current(
+    array: &Array,
+    stripes: &crate::stripe::StripeCache,
+    b: &mut Batch,
+    rows: std::ops::Range<u64>,
+) -> io::Result<()> {
+    if stripes.rows_gen(rows) != b.tag {
+        array.sync_ctl().rereads.fetch_add(1, Ordering::AcqRel);
+        b.reread(&array.slots).map_err(|(slot, e)| member_error(array, slot, e, false))?;
+    }
+    match b.failed() {
+        Some((slot, e)) => Err(member_error(array, slot, e, false)),
+        None => Ok(()),
+    }
+}
+
+/// Stripe rows per sync batch for chunks of `chunk` bytes.
+fn batch_rows(chunk: usize) -> u64 {
+    (BATCH_BYTES / chunk).clamp(1, MAX_BATCH_ROWS) as u64
+}
+
+/// The batches of a pass over rows `[from, end)`, read ahead: planned
+/// (and, those to be processed, issued) up to the read-ahead's depth
+/// before the caller takes them in order.
+struct Plan {
+    next: u64,
+    end: u64,
+    batch: u64,
+    /// Bytes of each member per row.
+    row_bytes: u64,
+    /// Planned: rows, and whether issued (processed) or skipped.
+    queued: VecDeque<(u64, u64, bool)>,
+}
+
+impl Plan {
+    fn new(from: u64, end: u64, batch: u64, row_bytes: u64) -> Plan {
+        Plan { next: from, end, batch: batch.max(1), row_bytes, queued: VecDeque::with_capacity(PLAN_AHEAD) }
+    }
+
+    /// The next batch: its rows and, unless skipped, its reads (tagged by
+    /// what `issue` returned for it). `issue(r0, r1)`: None skips rows
+    /// `[r0, r1)`, Some(tag) reads them.
+    fn next(
+        &mut self,
+        ra: &mut SyncIo,
+        mut issue: impl FnMut(u64, u64) -> Option<u64>,
+    ) -> io::Result<Option<(u64, u64, Option<Batch>)>> {
+        while self.next < self.end && ra.has_room() && self.queued.len() < PLAN_AHEAD {
+            // Batches aligned to multiples of their size (a resumed run's
+            // first one shorter), so that one never straddles two bitmap
+            // chunks.
+            let r0 = self.next;
+            let r1 = ((r0 / self.batch + 1) * self.batch).min(self.end);
+            let read = match issue(r0, r1) {
+                Some(tag) => {
+                    ra.issue(r0 * self.row_bytes, ((r1 - r0) * self.row_bytes) as usize, tag)?;
+                    true
+                }
+                None => false,
+            };
+            self.queued.push_back((r0, r1, read));
+            self.next = r1;
+        }
+        let Some((r0, r1, read)) = self.queued.pop_front() else { return Ok(None) };
+        if !read {
+            return Ok(Some((r0, r1, None)));
+        }
+        match ra.next_batch()? {
+            Some(b) if b.at == r0 * self.row_bytes => Ok(Some((r0, r1, Some(b)))),
+            _ => Err(io::Error::other("sync read-ahead: batches out of order")),
+        }
+    }
+}
+
+/// Most batches planned ahead (skipped ones included).
+const PLAN_AHEAD: usize = 64;
 
 /// The bitmap, when every member being recovered is a re-add (it missed
 /// only the writes the bitmap marks): recovery skips clean chunks.
@@ -864,58 +999,24 @@ const BATCH_BYTES: usize = 2 << 20;
 /// Most stripe rows in one batch (their stripe locks are held together).
 const MAX_BATCH_ROWS: usize = 64;
 
-/// Reads `len` bytes at member offset `at` of every slot in `slots_in`
-/// into the front of `bufs[slot]`, one thread per member, all in
-/// parallel. A member that fails is failed (md_error) and the call fails.
-fn read_batch(
-    array: &Array,
-    slots_in: &[usize],
-    at: u64,
-    len: usize,
-    bufs: &mut [Vec<u8>],
-) -> io::Result<()> {
-    let slots = &array.slots;
-    let mut failed: Vec<(usize, io::Error)> = Vec::new();
-    std::thread::scope(|sc| {
-        let mut handles = Vec::new();
-        for (slot, buf) in bufs.iter_mut().enumerate() {
-            if !slots_in.contains(&slot) {
-                continue;
-            }
-            let b = &mut buf[..len];
-            handles.push((slot, sc.spawn(move || MemberRead::read_at(&**slots, slot, at, b))));
-        }
-        for (slot, h) in handles {
-            match h.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => failed.push((slot, e)),
-                Err(_) => failed.push((slot, io::Error::other("member read panicked"))),
-            }
-        }
-    });
-    match failed.into_iter().next() {
-        Some((slot, e)) => Err(member_error(array, slot, e, false)),
-        None => Ok(()),
-    }
-}
-
-/// The members' blocks of a batch of rows, read by [`read_batch`], as
-/// the personality reads members.
+/// The members' blocks of a batch of rows, as the personality reads
+/// members.
 struct BatchView<'a> {
-    bufs: &'a [Vec<u8>],
+    /// Per slot, its bytes of the batch (None: not read).
+    parts: &'a [Option<&'a [u8]>],
     /// Member offset of the batch's first byte.
     first: u64,
-    present: &'a [usize],
 }
 
 impl MemberRead for BatchView<'_> {
     fn is_present(&self, slot: usize) -> bool {
-        self.present.contains(&slot)
+        self.parts.get(slot).is_some_and(Option::is_some)
     }
 
     fn read_at(&self, slot: usize, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let from = offset.checked_sub(self.first).map(|o| o as usize);
-        let src = self.bufs.get(slot).zip(from).and_then(|(b, o)| b.get(o..o + buf.len()));
+        let part = self.parts.get(slot).copied().flatten();
+        let src = part.zip(from).and_then(|(b, o)| b.get(o..o + buf.len()));
         match src {
             Some(src) => {
                 buf.copy_from_slice(src);
@@ -926,13 +1027,7 @@ impl MemberRead for BatchView<'_> {
     }
 }
 
-fn recover_mirrors(
-    array: &Array,
-    targets: &[usize],
-    r: &mut Run<'_>,
-    from: u64,
-    set_offset: &dyn Fn(u64),
-) -> io::Result<bool> {
+fn recover_mirrors(array: &Array, targets: &[usize], r: &mut Run<'_>, from: u64) -> io::Result<bool> {
     let size = array.size();
     let mut buf = vec![0u8; MIRROR_WINDOW as usize];
     let slots = &array.slots;
@@ -942,8 +1037,7 @@ fn recover_mirrors(
         let (u0, u1) = (off / 512, (off + len as u64).div_ceil(512));
         if bitmap_only(array, targets).is_some_and(|bm| !bm.is_dirty(u0, u1)) {
             off += len as u64;
-            set_offset(off.div_ceil(512));
-            if !r.stepped(off.div_ceil(512)) {
+            if !r.stepped(off.div_ceil(512))? {
                 return Ok(false);
             }
             continue;
@@ -967,8 +1061,7 @@ fn recover_mirrors(
         });
         outcome?;
         off += len as u64;
-        set_offset(off.div_ceil(512));
-        if !r.stepped(off.div_ceil(512)) {
+        if !r.stepped(off.div_ceil(512))? {
             return Ok(false);
         }
     }

@@ -64,7 +64,14 @@ struct Fx {
 
 impl Fx {
     fn new(tag: &str, spec: Spec) -> Fx {
-        let (dir, paths, model) = build_synth("umd-sync", tag, &spec);
+        Fx::new_at("umd-sync", tag, spec)
+    }
+
+    /// [`Fx::new`] in directory `prefix`-PID-`tag` (relative to the temp
+    /// directory, or absolute: `/dev/shm/...` for tmpfs members, which do
+    /// no direct I/O).
+    fn new_at(prefix: &str, tag: &str, spec: Spec) -> Fx {
+        let (dir, paths, model) = build_synth(prefix, tag, &spec);
         let pers = md::personality::build(&spec.geometry().unwrap()).unwrap();
         assert_eq!(pers.array_bytes(), model.len() as u64, "{tag}: array size");
         let clean = snapshot_from(&paths, DATA_OFFSET as usize);
@@ -801,6 +808,200 @@ fn writes_during_resync_raid1() {
 #[test]
 fn writes_during_resync_raid10() {
     writes_during_resync("r10", pspec(Level::Raid10, 0x102, 4, 16 * KIB, 512 * KIB));
+}
+
+/// Recovery onto fresh members in the slots `victims` with writes landing
+/// on rows whose reads are in flight or done but not yet used: the rebuild
+/// reads batches of rows ahead of their stripe locks (`md::sync_io`), and
+/// such batches must be read again under the locks (a stale batch would
+/// rebuild the old bytes of the rows, which the model, the parity
+/// reference and `check` all show). The recovery is held after its first
+/// batch (`sync_speed_max`), with the next batches read ahead, while
+/// three threads write the rows not yet rebuilt; then it is let go.
+fn writes_during_recovery(tag: &str, spec: Spec, victims: &[usize]) {
+    writes_during_recovery_at("umd-sync", tag, spec, victims);
+}
+
+fn writes_during_recovery_at(prefix: &str, tag: &str, spec: Spec, victims: &[usize]) {
+    const THREADS: u64 = 3;
+    const WRITES: u64 = 60;
+    let fx = Fx::new_at(prefix, &format!("wrec-{tag}"), spec);
+    let size = fx.model.len() as u64;
+    let shape = fx.pers.parity_shape().expect("parity level");
+    let run = start(&fx.paths, |ctl| {
+        ctl.set_speed_limit(false, Some(10));
+        ctl.set_speed_limit(true, Some(20));
+    });
+    let ctl = run.ctl();
+    let h = run.array.health();
+    let mut paths = fx.paths.clone();
+    for &v in victims {
+        assert!(h.fail_request(v), "{tag}: fail slot {v}");
+        h.remove(v).unwrap_or_else(|e| panic!("{tag}: remove slot {v}: errno {e}"));
+    }
+    for &v in victims {
+        let fresh = paths[v].with_extension(format!("spare{v}"));
+        let len = std::fs::metadata(&paths[v]).unwrap().len();
+        File::create(&fresh).unwrap().set_len(len).unwrap();
+        let m = md::array::spare_from_path(&fresh, &run.array.sb, None)
+            .unwrap_or_else(|e| panic!("{tag}: spare: errno {e}"));
+        let id = h.add(m).unwrap_or_else(|e| panic!("{tag}: add: errno {e}"));
+        h.place(id, v).unwrap_or_else(|e| panic!("{tag}: place in slot {v}: errno {e}"));
+        paths[v] = fresh;
+    }
+    // The first batch rebuilt; the thread now waits for its speed limit.
+    let mut done = 0;
+    wait_for(&format!("{tag}: the recovery's first batch"), || {
+        done = ctl.completed().map_or(0, |(d, _)| d);
+        done > 0
+    });
+    let first_row = done / unit(&fx);
+    assert!(first_row < shape.stripes, "{tag}: the whole recovery ran before it was held");
+    let from = first_row * shape.stripe_bytes();
+    let model = Mutex::new(fx.model.clone());
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let (array, model) = (&run.array, &model);
+            s.spawn(move || {
+                let mut rng = Rng::new(700 + t);
+                for _ in 0..WRITES {
+                    let start = from + rng.below(size - from);
+                    let len = rng.below((size - start).min(40 * KIB)) + 1;
+                    let data = rng.bytes(len as usize);
+                    // The model follows the array: one writer at a time.
+                    let mut m = model.lock().unwrap();
+                    array.write_at(start, &data).unwrap_or_else(|e| panic!("write at {start}+{len}: {e}"));
+                    m[start as usize..(start + len) as usize].copy_from_slice(&data);
+                }
+            });
+        }
+    });
+    assert!(
+        ctl.completed().is_some_and(|(d, _)| d == done),
+        "{tag}: the recovery moved while it was held ({:?} after {done})",
+        ctl.completed()
+    );
+    ctl.set_speed_limit(false, Some(2_000_000));
+    ctl.set_speed_limit(true, Some(2_000_000));
+    wait_for(&format!("{tag}: the recovery to finish"), || {
+        run.array.missing() == 0 && ctl.action() == SyncAction::Idle
+    });
+    assert!(ctl.rereads() > 0, "{tag}: no batch read again");
+    run.array.flush().unwrap();
+    let fx = Fx { model: model.into_inner().unwrap(), paths, ..fx };
+    check_model(&run.array, &fx.model, &format!("{tag}: after writes during the recovery"));
+    fx.check_redundancy("after writes during the recovery (rebuilt members included)");
+    assert_eq!(run_action(ctl, "check", tag), 0, "{tag}: check");
+}
+
+#[test]
+fn writes_during_recovery_raid5() {
+    writes_during_recovery("r5", pspec(Level::Raid5, 2, 4, 16 * KIB, 2 * MIB), &[1]);
+}
+
+#[test]
+fn writes_during_recovery_raid6_two_members() {
+    writes_during_recovery("r6", pspec(Level::Raid6, 2, 5, 16 * KIB, 2 * MIB), &[0, 3]);
+}
+
+/// The same on tmpfs members: no direct I/O there, the sync thread's
+/// second opens are buffered.
+#[test]
+fn writes_during_recovery_raid5_tmpfs() {
+    writes_during_recovery_at(
+        "/dev/shm/umd-sync",
+        "r5-shm",
+        pspec(Level::Raid5, 2, 4, 16 * KIB, 2 * MIB),
+        &[1],
+    );
+}
+
+#[test]
+fn writes_during_recovery_raid4_parity_member() {
+    writes_during_recovery("r4", pspec(Level::Raid4, 0, 4, 64 * KIB, 6 * MIB), &[3]);
+}
+
+/// A recovery checkpoint is shown (for the metadata manager to record)
+/// only once everything rebuilt before it is durable: the rebuilt member
+/// has a write-tracking fault injector, the recovery is held after its
+/// first checkpoint, and a simulated power cut then undoes every write not
+/// flushed; the rebuilt member must still hold the right bytes up to the
+/// checkpoint.
+#[test]
+fn recovery_checkpoints_are_durable() {
+    let fx = Fx::new("durable", pspec(Level::Raid5, 2, 4, 16 * KIB, 4 * MIB));
+    let run = start(&fx.paths, |ctl| {
+        ctl.set_speed_limit(false, Some(10));
+        ctl.set_speed_limit(true, Some(20));
+    });
+    let h = run.array.health();
+    let victim = 2;
+    assert!(h.fail_request(victim));
+    h.remove(victim).expect("remove");
+    let fresh = fx.paths[victim].with_extension("spare");
+    File::create(&fresh).unwrap().set_len(std::fs::metadata(&fx.paths[victim]).unwrap().len()).unwrap();
+    let faults = Arc::new(Faults::new(5));
+    faults.track_writes(true);
+    let m = md::array::spare_with_faults(&fresh, &run.array.sb, None, Some(faults.clone())).expect("spare");
+    let id = h.add(m).expect("add");
+    h.place(id, victim).expect("place");
+    let member = run.array.slots.get(victim).expect("the spare in its slot");
+    let mut cp = 0;
+    wait_for("a recovery checkpoint", || {
+        cp = member.recovery_offset.load(Ordering::Acquire);
+        cp > 0
+    });
+    let total = fx.clean[victim].len() as u64;
+    assert!(cp * 512 < total, "the recovery ran to the end before it was held");
+    faults.power_cut(blockio::fault::CutMode::Lost).expect("power cut");
+    let mut got = vec![0u8; (cp * 512) as usize];
+    File::open(&fresh).unwrap().read_exact_at(&mut got, DATA_OFFSET).unwrap();
+    let want = &fx.clean[victim][..got.len()];
+    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
+        panic!(
+            "after the power cut, the rebuilt member differs at data byte {i}, below the checkpoint {}",
+            cp * 512
+        );
+    }
+}
+
+/// A resync checkpoint (`resync_start`, recorded by the metadata manager)
+/// is shown only once the parity the resync rewrote before it is durable:
+/// every member tracks its writes, the resync is held after its first
+/// checkpoint, a simulated power cut undoes every write not flushed, and
+/// the rows below the checkpoint must still have right parity on disk.
+#[test]
+fn resync_checkpoints_are_durable() {
+    let fx = Fx::new("durable-resync", pspec(Level::Raid5, 2, 4, 16 * KIB, 4 * MIB));
+    // Every row's parity wrong: the resync rewrites every row.
+    let files = fx.files();
+    let mut rng = Rng::new(3);
+    for row in 0..fx.rows() {
+        let lay = fx.pers.syndrome_layout(row * fx.chunk()).unwrap();
+        corrupt_page(&files[lay.p], row * fx.chunk(), &mut rng);
+    }
+    for f in &files {
+        f.sync_all().unwrap();
+    }
+    fx.set_dirty(0);
+    let run = start(&fx.paths, |ctl| {
+        ctl.store_action(b"frozen").unwrap();
+    });
+    let ctl = run.ctl();
+    for f in &run.faults {
+        f.track_writes(true);
+    }
+    ctl.set_speed_limit(false, Some(10));
+    ctl.set_speed_limit(true, Some(20));
+    ctl.store_action(b"idle").unwrap();
+    wait_for("a resync checkpoint", || ctl.resync_cp() > 0 && ctl.resync_cp() != MAX_SECTOR);
+    let cp = ctl.resync_cp();
+    let rows = cp / unit(&fx);
+    assert!(rows > 0 && rows < fx.rows(), "checkpoint at row {rows} of {}", fx.rows());
+    for f in &run.faults {
+        f.power_cut(blockio::fault::CutMode::Lost).expect("power cut");
+    }
+    fx.check_rows(&(0..rows).collect::<Vec<_>>(), "rows below the resync checkpoint after a power cut");
 }
 
 // ---------------------------------------------------------------------------
