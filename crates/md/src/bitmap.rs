@@ -371,6 +371,20 @@ impl Bitmap {
         }
     }
 
+    /// md's `md_bitmap_flush` when an array stops: with no write in
+    /// flight, the clearing passes run now (forced), so every chunk waiting
+    /// to be cleared is cleared (the members flushed first) and a clean stop
+    /// leaves a clean bitmap. Chunks found dirty and not synced since stay
+    /// set, and nothing is cleared while `degraded`.
+    ///
+    /// Called under: no lock; no array write in flight.
+    pub fn flush_idle(&self, slots: &Slots, health: &Health, degraded: bool) -> io::Result<()> {
+        for _ in 0..2 {
+            self.daemon_pass(slots, health, degraded, true)?;
+        }
+        Ok(())
+    }
+
     /// md's `bitmap_daemon_work`, at most once per `daemon_sleep` unless
     /// `force`: a chunk idle for two passes has its bit cleared, and the
     /// area is written if a bit changed. Nothing is cleared while

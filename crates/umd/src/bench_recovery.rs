@@ -467,7 +467,16 @@ pub fn run(json: bool, quick: bool, full: bool, dir: Option<PathBuf>) -> CmdResu
             Some(ceiling_base.clone()),
             None,
         ),
-        ("recovery_vs_ceiling_ratio", rec_bps / ceiling_bps, "ratio", Some(ceiling_base), None),
+        ("recovery_vs_ceiling_ratio", rec_bps / ceiling_bps, "ratio", Some(ceiling_base.clone()), None),
+        (
+            "ceiling_vs_seqwrite_ratio",
+            ceiling_bps / base_bps,
+            "ratio",
+            Some(format!(
+                "{ceiling_base}; against {base}: the best recovery_ratio this disk allows in this run"
+            )),
+            None,
+        ),
         (
             "recovery_start_ms",
             r.start_secs.unwrap_or(r.secs) * 1e3,

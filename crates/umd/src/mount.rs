@@ -708,6 +708,8 @@ fn serve(array: Array, degraded: bool, dir: &Path, o: &Options, ready_fd: Option
             Err(e) => eprintln!("umd: warning: no sync thread ({e}): resync, check and repair will not run"),
         }
     }
+    // The signal thread clears the idle bitmap bits once writes are over.
+    let stopping = Arc::downgrade(&array);
     drop(array);
     let stop_sync = {
         let syncer = syncer.clone();
@@ -743,6 +745,14 @@ fn serve(array: Array, degraded: bool, dir: &Path, o: &Options, ready_fd: Option
                     let deadline = Instant::now() + Duration::from_secs(10);
                     while m.writes_in_flight() > 0 && Instant::now() < deadline {
                         std::thread::sleep(Duration::from_millis(5));
+                    }
+                    // md_bitmap_flush: a clean stop leaves a clean bitmap.
+                    if let (Some(a), 0) = (stopping.upgrade(), m.writes_in_flight()) {
+                        if let Some(bm) = a.bitmap() {
+                            if let Err(e) = bm.flush_idle(&a.slots, a.health(), a.missing() > 0) {
+                                eprintln!("umd: clearing the bitmap at stop failed (its bits stay set): {e}");
+                            }
+                        }
                     }
                 }
                 if let Some(mon) = &sig_mon {
