@@ -28,6 +28,7 @@ impl Drop for Bench {
         if self.mounted {
             let _ = umd().arg("stop").arg(&self.mnt).stdout(Stdio::null()).stderr(Stdio::null()).status();
         }
+        crate::mount::forget_run_files(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -84,6 +84,7 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         self.stop_all();
+        crate::mount::forget_run_files(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

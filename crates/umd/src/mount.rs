@@ -434,6 +434,14 @@ pub fn mon_status(dir: &Path) -> CmdResult {
 
 /// The PID file recording which process serves `dir`.
 fn pid_file(dir: &Path) -> PathBuf {
+    Path::new(RUN_DIR).join(format!("{}.pid", run_name(dir)))
+}
+
+/// The name of a mount directory's files in [`RUN_DIR`] (before the
+/// extension): the absolute path with `/` as `_`, `_` doubled, and
+/// anything but ASCII letters, digits, `-` and `.` as `%hex`, so that
+/// names never collide.
+fn run_name(dir: &Path) -> String {
     let s = dir.to_string_lossy();
     let mut name = String::with_capacity(s.len() + 4);
     for c in s.chars() {
@@ -444,7 +452,21 @@ fn pid_file(dir: &Path) -> PathBuf {
             c => name.push_str(&format!("%{:x}", c as u32)),
         }
     }
-    Path::new(RUN_DIR).join(format!("{name}.pid"))
+    name
+}
+
+/// Removes the files [`RUN_DIR`] keeps for mount directories below
+/// `scratch` (daemon logs, and what a killed daemon left): for commands
+/// that mount arrays in a scratch directory of their own and remove it
+/// (the benches), once every one of those mounts is stopped.
+pub(crate) fn forget_run_files(scratch: &Path) {
+    let prefix = format!("{}_", run_name(&absolute(scratch)));
+    let Ok(entries) = std::fs::read_dir(RUN_DIR) else { return };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// An absolute form of `dir` that does not touch the mount itself (a dead

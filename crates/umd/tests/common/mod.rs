@@ -32,6 +32,7 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
+        served::forget_run_files(&self.0);
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }

@@ -112,6 +112,11 @@ pub fn create(args: &[&str], members: &[PathBuf]) {
 
 /// `/run/umd/<escaped dir>` + `ext`, as `umd` names its files.
 pub fn run_file(dir: &Path, ext: &str) -> PathBuf {
+    PathBuf::from("/run/umd").join(format!("{}.{ext}", run_name(dir)))
+}
+
+/// `dir` escaped as `umd` names its files in /run/umd.
+pub fn run_name(dir: &Path) -> String {
     let s = dir.to_string_lossy();
     let mut name = String::new();
     for c in s.chars() {
@@ -122,7 +127,21 @@ pub fn run_file(dir: &Path, ext: &str) -> PathBuf {
             c => name.push_str(&format!("%{:x}", c as u32)),
         }
     }
-    PathBuf::from("/run/umd").join(format!("{name}.{ext}"))
+    name
+}
+
+/// Removes what /run/umd keeps for mount directories below `scratch`
+/// (daemon logs; files a killed daemon left): a test's daemons leave
+/// nothing behind.
+pub fn forget_run_files(scratch: &Path) {
+    let Ok(abs) = std::fs::canonicalize(scratch) else { return };
+    let prefix = format!("{}_", run_name(&abs));
+    let Ok(entries) = std::fs::read_dir("/run/umd") else { return };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 pub fn lock_file(dir: &Path) -> PathBuf {
