@@ -48,6 +48,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::sync::Arc;
 
 use blockio::{
     Access, BufPool, Direct, Engine, EngineKind, IoBuf, IoMode, MemberOptions, Op, PoolConfig, Queue,
@@ -87,6 +88,8 @@ pub struct SyncIo {
     /// targets.
     slots: Vec<usize>,
     sources: usize,
+    /// The source slots, shared with every [`Batch`].
+    source_slots: Arc<[usize]>,
     /// Byte offset of each engine member's data area.
     starts: Vec<u64>,
     batch_bytes: usize,
@@ -120,7 +123,7 @@ pub struct Batch {
     pub len: usize,
     /// The caller's tag, as issued.
     pub tag: u64,
-    slots: Vec<usize>,
+    slots: Arc<[usize]>,
     bufs: Vec<IoBuf>,
     /// (slot, errno) of the first member read that failed.
     error: Option<(usize, i32)>,
@@ -263,6 +266,7 @@ impl SyncIo {
             engine,
             slots: all,
             sources: read.len(),
+            source_slots: read.into(),
             starts,
             batch_bytes,
             depth,
@@ -376,7 +380,7 @@ impl SyncIo {
             return Err(io::Error::other("sync I/O: a batch came back without all its buffers"));
         }
         debug_assert!(p.len <= self.batch_bytes);
-        let slots = self.slots[..self.sources].to_vec();
+        let slots = Arc::clone(&self.source_slots);
         Ok(Some(Batch { at: p.at, len: p.len, tag: p.tag, slots, bufs, error }))
     }
 
